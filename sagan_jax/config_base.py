@@ -1,0 +1,141 @@
+"""The fields every sagan_jax config has, with their defaults and meaning.
+
+Config files in `configs/` start from `base_config()` and override what they
+need. `validate(config)` runs before anything is built and names the field
+that is wrong, so a bad `--config.x=y` fails in the first second, not after
+compilation.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+# Resolutions the model tables in `sagan_jax.models.sagan` know.
+RESOLUTIONS = (16, 32, 64, 128, 256)
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0                 # seeds parameters, noise and the input order
+  c.total_steps = 1_000_000  # training iterations (each: n_critic D steps + 1 G step)
+  c.batch_size = 256         # global batch (real images per D step), split over all devices
+  c.log_every = 100          # steps between console/TensorBoard scalars
+  c.sample_every = 1000      # steps between PNG sample grids in WORKDIR/samples (0: only at the end)
+  c.checkpoint_every = 5000  # steps between Orbax checkpoints (and one at the end)
+  c.keep_checkpoints = 3     # how many recent checkpoints to keep
+  c.eval_every = 0           # steps between in-training evaluations (0: off)
+  c.loss = "hinge"           # adversarial loss: 'hinge' (SAGAN) or 'nonsaturating'
+
+  c.model = ml_collections.ConfigDict()
+  c.model.resolution = 128   # output/input image size; one of RESOLUTIONS
+  c.model.ch = 64            # base channel width (paper: 64)
+  c.model.z_dim = 128        # latent size (one z, no hierarchy)
+  c.model.num_classes = 1000  # classes for CBN / projection; 0 = unconditional
+  c.model.g_attention = (64,)  # feature-map sizes after which G has self-attention
+  c.model.d_attention = (64,)  # feature-map sizes after which D has self-attention
+  c.model.sn_eps = 1e-12     # epsilon in the power iteration's l2 normalisation
+  c.model.sn_init_iters = 10  # extra power iterations at init so step-0 sigma is accurate
+  c.model.bn_eps = 1e-5      # batch-norm epsilon
+  c.model.bn_momentum = 0.9  # running-average decay of BN statistics
+  c.model.init = "glorot"    # weight init: 'glorot' (paper), 'orthogonal', 'normal02'
+  c.model.dtype = "float32"  # activation/matmul dtype: 'float32' or 'bfloat16'
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.g_lr = 1e-4        # generator Adam learning rate (TTUR)
+  c.optim.d_lr = 4e-4        # discriminator Adam learning rate (TTUR)
+  c.optim.beta1 = 0.0        # Adam beta1 for both
+  c.optim.beta2 = 0.999      # Adam beta2; the paper says 0.9, every released code uses 0.999
+  c.optim.eps = 1e-8         # Adam epsilon
+  c.optim.n_critic = 1       # D updates per G update (SAGAN: 1)
+  c.optim.schedule = "constant"  # lr schedule for both: 'constant', 'linear', 'cosine'
+  c.optim.warmup_steps = 0   # linear lr warm-up steps (both optimisers)
+
+  c.ema = ml_collections.ConfigDict()
+  c.ema.decay = 0.9999       # EMA decay of G's weights and BN statistics
+  c.ema.start_step = 2000    # before this step the EMA copy just tracks G
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "tfds"     # 'digits' (embedded), 'tfds', 'folder'
+  c.data.name = "imagenet2012"  # TFDS dataset name (source 'tfds')
+  c.data.dir = ""            # TFDS data_dir, or the image folder for 'folder' ('' = TFDS default)
+  c.data.split = "train"     # dataset split to train on
+  c.data.random_flip = True  # random horizontal flips
+  c.data.shuffle_buffer = 10_000  # tf.data shuffle buffer (images)
+  c.data.label_key = "label"  # feature holding the class label
+  c.data.image_key = "image"  # feature holding the image
+  c.data.train_crop = "random"  # train crop: 'random' square of the short side, or 'center' (official)
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.num_devices = 0     # devices in the data-parallel mesh (0: all devices of all hosts)
+  return c
+
+
+class ConfigError(ValueError):
+  """A config field has a value sagan_jax cannot use."""
+
+
+def _check(ok: bool, field: str, value, want: str):
+  if not ok:
+    raise ConfigError(f"config.{field}={value!r} is invalid: {want}.")
+
+
+def block_resolutions(resolution: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+  """Feature-map sizes after each G block and each D block (for attention)."""
+  from sagan_jax.models import sagan  # local: keep configs importable alone
+  arch = sagan.architecture(resolution, 1)
+  return tuple(b.out_res for b in arch.g_blocks), tuple(b.out_res for b in arch.d_blocks)
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError naming the first field whose value cannot work."""
+  for f in ("total_steps", "batch_size", "log_every", "checkpoint_every",
+            "keep_checkpoints"):
+    _check(isinstance(c[f], int) and c[f] > 0, f, c[f], "must be a positive integer")
+  for f in ("sample_every", "eval_every"):
+    _check(isinstance(c[f], int) and c[f] >= 0, f, c[f], "must be an integer >= 0")
+  _check(c.loss in ("hinge", "nonsaturating"), "loss", c.loss,
+         "use 'hinge' or 'nonsaturating'")
+  m = c.model
+  _check(m.resolution in RESOLUTIONS, "model.resolution", m.resolution,
+         f"use one of {RESOLUTIONS}")
+  for f in ("ch", "z_dim"):
+    _check(isinstance(m[f], int) and m[f] > 0, f"model.{f}", m[f], "must be a positive integer")
+  _check(m.ch % 8 == 0 or not (m.g_attention or m.d_attention), "model.ch", m.ch,
+         "must be a multiple of 8 when self-attention is used (theta/phi have C/8 channels)")
+  _check(isinstance(m.num_classes, int) and m.num_classes >= 0, "model.num_classes",
+         m.num_classes, "must be an integer >= 0 (0 = unconditional)")
+  g_res, d_res = block_resolutions(m.resolution)
+  for f, allowed in (("g_attention", g_res), ("d_attention", d_res)):
+    vals = tuple(m[f])
+    _check(all(v in allowed for v in vals), f"model.{f}", vals,
+           f"attention sizes must be feature-map sizes of this model: {sorted(set(allowed))}")
+  _check(m.init in ("glorot", "orthogonal", "normal02"), "model.init", m.init,
+         "use 'glorot', 'orthogonal' or 'normal02'")
+  _check(m.dtype in ("float32", "bfloat16"), "model.dtype", m.dtype,
+         "use 'float32' or 'bfloat16'")
+  _check(m.sn_eps > 0, "model.sn_eps", m.sn_eps, "must be > 0")
+  _check(isinstance(m.sn_init_iters, int) and m.sn_init_iters >= 0, "model.sn_init_iters",
+         m.sn_init_iters, "must be an integer >= 0")
+  _check(0 <= m.bn_momentum < 1, "model.bn_momentum", m.bn_momentum, "must be in [0, 1)")
+  o = c.optim
+  for f in ("g_lr", "d_lr", "eps"):
+    _check(o[f] > 0, f"optim.{f}", o[f], "must be > 0")
+  for f in ("beta1", "beta2"):
+    _check(0 <= o[f] < 1, f"optim.{f}", o[f], "must be in [0, 1)")
+  _check(isinstance(o.n_critic, int) and o.n_critic >= 1, "optim.n_critic", o.n_critic,
+         "must be an integer >= 1")
+  _check(o.schedule in ("constant", "linear", "cosine"), "optim.schedule", o.schedule,
+         "use 'constant', 'linear' or 'cosine'")
+  _check(isinstance(o.warmup_steps, int) and 0 <= o.warmup_steps <= c.total_steps,
+         "optim.warmup_steps", o.warmup_steps, "must be an integer in [0, total_steps]")
+  _check(0 <= c.ema.decay < 1, "ema.decay", c.ema.decay, "must be in [0, 1)")
+  _check(isinstance(c.ema.start_step, int) and c.ema.start_step >= 0, "ema.start_step",
+         c.ema.start_step, "must be an integer >= 0")
+  _check(c.data.source in ("digits", "tfds", "folder"), "data.source", c.data.source,
+         "use 'digits', 'tfds' or 'folder'")
+  _check(c.data.source != "folder" or bool(c.data.dir), "data.dir", c.data.dir,
+         "set it to the image folder (one subfolder per class) for data.source='folder'")
+  _check(c.data.train_crop in ("random", "center"), "data.train_crop", c.data.train_crop,
+         "use 'random' (square crop of the short side at a random position) or 'center'")
+  _check(isinstance(c.mesh.num_devices, int) and c.mesh.num_devices >= 0,
+         "mesh.num_devices", c.mesh.num_devices, "must be an integer >= 0 (0 = all)")

@@ -1,0 +1,147 @@
+r"""Parameter table, FLOPs and memory of a config, without training.
+
+  python -m sagan_jax.describe --config configs/imagenet128.py
+  python -m sagan_jax.describe --config configs/imagenet128.py --mesh 8 --batch 256
+
+Prints a per-module parameter table, then, as the last line, one JSON
+object: generator_params / discriminator_params (trainable), the SN and BN
+state sizes, and (unless --no_compile) train_gflops_per_image and
+g_forward_gflops_per_image from XLA's cost analysis of the compiled step.
+With --mesh N the step is compiled for N devices (virtual CPU devices when
+there is no accelerator) and the per-device memory XLA plans is reported, so
+you know whether a batch fits before launching.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+
+
+def count(tree) -> int:
+  import jax
+  return int(sum(x.size for x in jax.tree.leaves(tree)))
+
+
+def module_rows(params, prefix: str) -> list[tuple[str, int]]:
+  """(name, trainable params) per top-level submodule, model order."""
+  return [(f"{prefix}/{name}", count(sub)) for name, sub in params.items()]
+
+
+def abstract_state(config):
+  import jax
+  from sagan_jax import train
+  models = train.make_models(config)
+  state = jax.eval_shape(functools.partial(train.init_state, models, config),
+                         jax.random.PRNGKey(0))
+  return models, state
+
+
+def compile_step(config, models, state, mesh, batch: int):
+  """AOT-compiles the train step for `batch` global images on `mesh`."""
+  import jax
+  import jax.numpy as jnp
+  from sagan_jax import parallel, train
+  m = config.model
+  rep = parallel.replicated(mesh)
+  st = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), state)
+  bs = parallel.batch_sharding(mesh, 1)
+  n = config.optim.n_critic
+  b = {"image": jax.ShapeDtypeStruct((n, batch, m.resolution, m.resolution, 3), jnp.uint8,
+                                     sharding=bs),
+       "label": jax.ShapeDtypeStruct((n, batch), jnp.int32, sharding=bs)}
+  rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=rep)
+  return train.make_train_step(models, config, mesh).lower(st, b, rng).compile()
+
+
+def g_forward_flops(config, models, state, batch: int) -> float:
+  import jax
+  import jax.numpy as jnp
+  from sagan_jax import train
+  m = config.model
+  var = {"params": state.g_params, "batch_stats": state.g_batch_stats,
+         "spectral": state.g_spectral}
+  z = jax.ShapeDtypeStruct((batch, m.z_dim), jnp.float32)
+  y = jax.ShapeDtypeStruct((batch,), jnp.int32) if m.num_classes else None
+  fn = jax.jit(functools.partial(train.generate, models.generator))
+  return _flops(fn.lower(var, z, y).compile())
+
+
+def _flops(compiled) -> float:
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0]
+  return float(cost.get("flops", 0.0))
+
+
+def describe(config, batch: int | None = None, mesh_size: int = 0,
+             compile_flops: bool = True) -> dict:
+  from sagan_jax import config_base, parallel
+  config_base.validate(config)
+  models, state = abstract_state(config)
+  rows = module_rows(state.g_params, "G") + module_rows(state.d_params, "D")
+  width = max(len(r[0]) for r in rows)
+  print(f"{'module':<{width}}  {'params':>14}")
+  for name, n in rows:
+    print(f"{name:<{width}}  {n:>14,}")
+  info = {
+      "config_resolution": config.model.resolution,
+      "generator_params": count(state.g_params),
+      "discriminator_params": count(state.d_params),
+      "generator_spectral_state": count(state.g_spectral),
+      "discriminator_spectral_state": count(state.d_spectral),
+      "generator_bn_state": count(state.g_batch_stats),
+  }
+  print(f"{'G total (trainable)':<{width}}  {info['generator_params']:>14,}")
+  print(f"{'D total (trainable)':<{width}}  {info['discriminator_params']:>14,}")
+  if compile_flops:
+    mesh = parallel.make_mesh(mesh_size)
+    n_dev = mesh.devices.size
+    batch = batch or config.batch_size
+    parallel.check_batch_size(batch, mesh)
+    compiled = compile_step(config, models, state, mesh, batch)
+    # cost_analysis counts one device's program: scale to the global batch.
+    step_flops = _flops(compiled) * n_dev
+    info.update({
+        "batch_size": batch,
+        "devices": n_dev,
+        "train_gflops_per_iteration": step_flops / 1e9,
+        "train_gflops_per_image": step_flops / batch / 1e9,
+        "g_forward_gflops_per_image": g_forward_flops(config, models, state, 8) / 8 / 1e9,
+    })
+    mem = compiled.memory_analysis()
+    if mem is not None:
+      per_dev = {k: int(getattr(mem, k, 0) or 0) for k in (
+          "argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
+          "alias_size_in_bytes", "generated_code_size_in_bytes")}
+      total = (per_dev["argument_size_in_bytes"] + per_dev["output_size_in_bytes"]
+               - per_dev["alias_size_in_bytes"] + per_dev["temp_size_in_bytes"])
+      info["per_device_memory_gib"] = total / 2**30
+      info["per_device_memory_bytes"] = per_dev
+  return info
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  import jax
+  if FLAGS.mesh:
+    # Virtual devices only matter (and only work) before the CPU backend starts.
+    jax.config.update("jax_num_cpu_devices", FLAGS.mesh)
+  info = describe(FLAGS.config, FLAGS.batch, FLAGS.mesh, not FLAGS.no_compile)
+  print(json.dumps(info))
+
+
+if __name__ == "__main__":
+  from ml_collections import config_flags
+  config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
+  flags.DEFINE_integer("batch", None, "Global batch to compile for (default: config's).")
+  flags.DEFINE_integer("mesh", 0, "Compile for this many devices (0: all visible). "
+                       "On CPU, that many virtual devices are created.")
+  flags.DEFINE_bool("no_compile", False, "Only count parameters (no XLA compile).")
+  flags.mark_flag_as_required("config")
+  app.run(main)

@@ -1,0 +1,48 @@
+r"""Train or resume SAGAN.
+
+  python -m sagan_jax.main --config configs/digits.py --workdir runs/digits
+  python -m sagan_jax.main --config configs/imagenet128.py --workdir gs://bucket/run \
+      --config.batch_size=512
+
+Rerunning with the same --workdir resumes from its latest checkpoint.
+Every hyperparameter is a `--config.<field>=<value>` override.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory (or gs:// path) for checkpoints, "
+                    "TensorBoard logs and sample grids.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from sagan_jax import config_base, distributed
+  distributed.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
+  import jax
+  from sagan_jax import train
+  config = FLAGS.config
+  try:
+    config_base.validate(config)
+  except config_base.ConfigError as e:
+    logging.error("%s", e)
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  logging.info("JAX %s, %d processes, devices: %s", jax.__version__, jax.process_count(),
+               jax.devices())
+  train.train_and_evaluate(config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+  from sagan_jax import distributed as _distributed
+  _distributed.define_flags()
+  app.run(main)

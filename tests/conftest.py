@@ -1,0 +1,47 @@
+"""Test set-up: 4 virtual CPU devices, a shared compilation cache, fast configs."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import tempfile
+
+# Before JAX starts its CPU backend: 4 virtual devices for the sharding tests.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+
+# Identical programs compile once per session (tiny runs are mostly compile time).
+_CACHE = os.environ.get("SAGAN_TEST_COMPILE_CACHE") or os.path.join(
+    tempfile.gettempdir(), "sagan_jax_test_compile_cache")
+jax.config.update("jax_compilation_cache_dir", _CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def load_config(name: str, **overrides):
+  """configs/<name>.py's get_config() with dotted-key overrides."""
+  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  c = mod.get_config()
+  for key, value in overrides.items():
+    node = c
+    parts = key.split("__")
+    for p in parts[:-1]:
+      node = node[p]
+    node[parts[-1]] = value
+  return c
+
+
+@pytest.fixture
+def tiny_config():
+  return load_config("tiny")

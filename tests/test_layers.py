@@ -1,0 +1,176 @@
+"""Layers against independent numpy references (SVD, plain attention, plain BN)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sagan_jax import losses
+from sagan_jax.models import layers
+
+
+def _svd_sigma(kernel):
+  mat = np.asarray(kernel, np.float64).reshape(-1, kernel.shape[-1])
+  return np.linalg.svd(mat, compute_uv=False)[0]
+
+
+@pytest.mark.parametrize("module,x_shape,kernel_name", [
+    (layers.SNConv(24, 3), (2, 6, 6, 5), "kernel"),
+    (layers.SNConv(16, 1, use_bias=False), (2, 4, 4, 32), "kernel"),
+    (layers.SNDense(40), (3, 17), "kernel"),
+])
+def test_sigma_matches_svd_after_power_iterations(module, x_shape, kernel_name):
+  mod = module.clone(sn_init_iters=0)
+  x = jnp.ones(x_shape)
+  v = mod.init(jax.random.PRNGKey(0), x, update_sn=False)
+  # 200 training calls = 200 power iterations from a random u.
+  spectral = v["spectral"]
+  for _ in range(200):
+    _, new = mod.apply({**v, "spectral": spectral}, x, update_sn=True, mutable=["spectral"])
+    spectral = new["spectral"]
+  sigma = float(spectral["sn"]["sigma"])
+  ref = _svd_sigma(v["params"][kernel_name])
+  np.testing.assert_allclose(sigma, ref, rtol=1e-4)
+  # The effective kernel then has spectral norm 1.
+  w = np.asarray(v["params"][kernel_name]) / sigma
+  np.testing.assert_allclose(_svd_sigma(w), 1.0, rtol=1e-4)
+
+
+def test_init_warmup_makes_step0_sigma_accurate():
+  mod = layers.SNDense(64, sn_init_iters=30)
+  v = mod.init(jax.random.PRNGKey(3), jnp.ones((2, 64)), update_sn=False)
+  np.testing.assert_allclose(float(v["spectral"]["sn"]["sigma"]),
+                             _svd_sigma(v["params"]["kernel"]), rtol=1e-3)
+
+
+def test_embedding_sigma_matches_svd():
+  mod = layers.SNEmbed(10, 48, sn_init_iters=100)
+  v = mod.init(jax.random.PRNGKey(1), jnp.arange(4), update_sn=False)
+  table = np.asarray(v["params"]["embedding"], np.float64)
+  ref = np.linalg.svd(table, compute_uv=False)[0]
+  np.testing.assert_allclose(float(v["spectral"]["sn"]["sigma"]), ref, rtol=1e-4)
+  out = mod.apply(v, jnp.array([2, 7]), update_sn=False)
+  np.testing.assert_allclose(np.asarray(out), table[[2, 7]] / float(v["spectral"]["sn"]["sigma"]),
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_sn_state_changes_only_in_training_calls():
+  mod = layers.SNConv(8, 3, sn_init_iters=0)
+  x = jnp.ones((1, 4, 4, 3))
+  v = mod.init(jax.random.PRNGKey(0), x, update_sn=False)
+  _, frozen = mod.apply(v, x, update_sn=False, mutable=["spectral"])
+  np.testing.assert_array_equal(frozen["spectral"]["sn"]["u"], v["spectral"]["sn"]["u"])
+  _, moved = mod.apply(v, x, update_sn=True, mutable=["spectral"])
+  assert not np.allclose(moved["spectral"]["sn"]["u"], v["spectral"]["sn"]["u"])
+
+
+def test_power_iteration_gradient_flows_through_w_only():
+  # d sigma / dW = u v^T (u, v held constant), as in torch's spectral_norm.
+  w = jax.random.normal(jax.random.PRNGKey(0), (5, 7))
+  u0 = jax.random.normal(jax.random.PRNGKey(1), (5,))
+  u, v, _ = layers.power_iteration(w, u0, 50, 1e-12)
+  g = jax.grad(lambda w: layers.power_iteration(w, u0, 50, 1e-12)[2])(w)
+  np.testing.assert_allclose(np.asarray(g), np.outer(u, v), atol=1e-5)
+
+
+def test_refresh_spectral_matches_module_update():
+  mod = layers.SNConv(6, 3, sn_init_iters=0)
+  x = jnp.ones((1, 4, 4, 3))
+  v = mod.init(jax.random.PRNGKey(2), x, update_sn=False)
+  _, new = mod.apply(v, x, update_sn=True, mutable=["spectral"])
+  refreshed = layers.refresh_spectral(v["params"], v["spectral"], 1)
+  np.testing.assert_allclose(refreshed["sn"]["u"], new["spectral"]["sn"]["u"], rtol=1e-6)
+  np.testing.assert_allclose(refreshed["sn"]["sigma"], new["spectral"]["sn"]["sigma"], rtol=1e-6)
+
+
+def _np_conv1x1(x, k):
+  return np.einsum("bhwc,cd->bhwd", x, k[0, 0])
+
+
+def _np_maxpool2(x):
+  b, h, w, c = x.shape
+  return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def test_self_attention_matches_numpy():
+  b, h, w, c = 2, 8, 8, 16
+  x = np.random.default_rng(0).normal(size=(b, h, w, c)).astype(np.float32)
+  mod = layers.SelfAttention(sn_init_iters=300)
+  v = mod.init(jax.random.PRNGKey(0), jnp.asarray(x), update_sn=False)
+  params = jax.tree.map(np.asarray, v["params"])
+  params["gamma"] = np.float32(0.7)
+  y = np.asarray(mod.apply({**v, "params": params}, jnp.asarray(x), update_sn=False))
+
+  def k(name):  # the SN-normalised kernel, sigma from an SVD
+    kern = params[name]["kernel"].astype(np.float64)
+    return kern / _svd_sigma(kern)
+
+  xd = x.astype(np.float64)
+  theta = _np_conv1x1(xd, k("theta")).reshape(b, h * w, c // 8)
+  phi = _np_maxpool2(_np_conv1x1(xd, k("phi"))).reshape(b, h * w // 4, c // 8)
+  g = _np_maxpool2(_np_conv1x1(xd, k("g"))).reshape(b, h * w // 4, c // 2)
+  logits = np.einsum("bnc,bmc->bnm", theta, phi)
+  beta = np.exp(logits - logits.max(-1, keepdims=True))
+  beta /= beta.sum(-1, keepdims=True)
+  o = np.einsum("bnm,bmc->bnc", beta, g).reshape(b, h, w, c // 2)
+  ref = xd + 0.7 * _np_conv1x1(o, k("o"))
+  np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_self_attention_starts_as_identity_and_sows_map():
+  x = jax.random.normal(jax.random.PRNGKey(0), (1, 8, 8, 16))
+  mod = layers.SelfAttention()
+  v = mod.init(jax.random.PRNGKey(1), x, update_sn=False)
+  y, inter = mod.apply(v, x, update_sn=False, mutable=["intermediates"])
+  np.testing.assert_array_equal(np.asarray(y), np.asarray(x))  # gamma = 0 at init
+  att = inter["intermediates"]["attention"][0]
+  assert att.shape == (1, 64, 16)  # N queries x N/4 pooled keys
+  np.testing.assert_allclose(np.asarray(att).sum(-1), 1.0, rtol=1e-5)
+
+
+def test_conditional_batch_norm_matches_numpy():
+  rng = np.random.default_rng(0)
+  x = rng.normal(2.0, 3.0, size=(6, 4, 4, 5)).astype(np.float32)
+  y = np.array([0, 1, 2, 0, 1, 2])
+  mod = layers.ConditionalBatchNorm(num_classes=3, epsilon=1e-5)
+  v = mod.init(jax.random.PRNGKey(0), jnp.asarray(x), jnp.asarray(y), train=False)
+  # Tables init to gamma 1, beta 0: plain normalisation at init.
+  np.testing.assert_array_equal(v["params"]["gamma"], np.ones((3, 5)))
+  np.testing.assert_array_equal(v["params"]["beta"], np.zeros((3, 5)))
+  gamma = rng.normal(size=(3, 5)).astype(np.float32)
+  beta = rng.normal(size=(3, 5)).astype(np.float32)
+  out, new = mod.apply({**v, "params": {"gamma": gamma, "beta": beta}}, jnp.asarray(x),
+                       jnp.asarray(y), train=True, mutable=["batch_stats"])
+  mean = x.mean(axis=(0, 1, 2))
+  var = x.var(axis=(0, 1, 2))
+  ref = (x - mean) / np.sqrt(var + 1e-5) * gamma[y][:, None, None] + beta[y][:, None, None]
+  np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-4, atol=1e-4)
+  # Running statistics move towards the batch statistics (momentum 0.9).
+  np.testing.assert_allclose(new["batch_stats"]["bn"]["mean"], 0.1 * mean, rtol=1e-4, atol=1e-5)
+  # Eval mode uses the running statistics instead.
+  out_eval = mod.apply({"params": {"gamma": gamma, "beta": beta}, **new}, jnp.asarray(x),
+                       jnp.asarray(y), train=False)
+  rm, rv = np.asarray(new["batch_stats"]["bn"]["mean"]), np.asarray(new["batch_stats"]["bn"]["var"])
+  ref_eval = (x - rm) / np.sqrt(rv + 1e-5) * gamma[y][:, None, None] + beta[y][:, None, None]
+  np.testing.assert_allclose(np.asarray(out_eval), ref_eval, rtol=1e-4, atol=1e-4)
+
+
+def test_hinge_losses_match_definition():
+  rng = np.random.default_rng(0)
+  d_real, d_fake = rng.normal(size=50), rng.normal(size=50)
+  ref_d = np.mean(np.maximum(0, 1 - d_real)) + np.mean(np.maximum(0, 1 + d_fake))
+  np.testing.assert_allclose(float(losses.hinge_d(jnp.asarray(d_real), jnp.asarray(d_fake))),
+                             ref_d, rtol=1e-6)
+  np.testing.assert_allclose(float(losses.hinge_g(jnp.asarray(d_fake))), -np.mean(d_fake),
+                             rtol=1e-6)
+  # Confident, correct D: zero loss.
+  assert float(losses.hinge_d(jnp.full(4, 2.0), jnp.full(4, -2.0))) == 0.0
+
+
+def test_upsample_and_pools():
+  x = jnp.arange(16.0).reshape(1, 2, 2, 4)
+  up = layers.upsample2(x)
+  assert up.shape == (1, 4, 4, 4)
+  np.testing.assert_array_equal(up[0, :2, :2, 0], np.full((2, 2), float(x[0, 0, 0, 0])))
+  np.testing.assert_array_equal(layers.avg_pool2(up), x)
+  np.testing.assert_array_equal(layers.max_pool2(up), x)

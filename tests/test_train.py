@@ -1,0 +1,189 @@
+"""The train step, sharding equality, compile-once, EMA, resume, bad input."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sagan_jax import checkpointing, config_base, data, parallel, train
+from tests.conftest import load_config
+
+
+def _batches(config, n, start_batch=0):
+  src = data.make_source(config, start_batch=start_batch)
+  out = []
+  for _ in range(n):
+    parts = [next(src) for _ in range(config.optim.n_critic)]
+    out.append({k: np.stack([p[k] for p in parts]) for k in ("image", "label")})
+  return out
+
+
+def _run_steps(config, mesh, n):
+  models = train.make_models(config)
+  state = train.create_state(models, config, mesh)
+  step_fn = train.make_train_step(models, config, mesh)
+  rng = jax.device_put(np.asarray(jax.random.PRNGKey(7)), parallel.replicated(mesh))
+  history = []
+  for b in _batches(config, n):
+    state, metrics = step_fn(state, parallel.global_batch(b, mesh, 1), rng)
+    history.append(jax.device_get(metrics))
+  return state, history, step_fn
+
+
+def _leaves_close(a, b, rtol, atol):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+
+
+def test_one_step_updates_everything(tiny_config):
+  mesh = parallel.make_mesh(1)
+  models = train.make_models(tiny_config)
+  state0 = jax.device_get(train.create_state(models, tiny_config, mesh))
+  state1, hist, _ = _run_steps(tiny_config, mesh, 1)
+  state1 = jax.device_get(state1)
+  m = hist[0]
+  assert int(state1.step) == 1
+  for k in ("d_loss", "g_loss", "d_real", "d_fake"):
+    assert np.isfinite(m[k]), k
+  assert any(k.startswith("gamma/G/") for k in m) and any(k.startswith("gamma/D/") for k in m)
+  changed = lambda a, b: any(not np.array_equal(x, y)  # noqa: E731
+                             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  assert changed(state0.g_params, state1.g_params)
+  assert changed(state0.d_params, state1.d_params)
+  assert changed(state0.d_spectral, state1.d_spectral)  # D's u advanced
+  assert changed(state0.g_spectral, state1.g_spectral)  # G's u advanced in the G step
+  assert changed(state0.g_batch_stats, state1.g_batch_stats)
+  # Before ema.start_step the EMA copy equals G exactly.
+  _leaves_close(state1.ema_params, state1.g_params, 0, 0)
+  # The hinge D loss is bounded below by 0; with D(x) and D(G(z)) it is consistent.
+  assert m["d_loss"] >= 0
+
+
+def test_ema_decays_after_start():
+  config = load_config("tiny", ema__start_step=0, ema__decay=0.75)
+  mesh = parallel.make_mesh(1)
+  models = train.make_models(config)
+  state0 = jax.device_get(train.create_state(models, config, mesh))
+  state1, _, _ = _run_steps(config, mesh, 1)
+  state1 = jax.device_get(state1)
+  expect = jax.tree.map(lambda e, p: 0.75 * e + 0.25 * p, state0.ema_params, state1.g_params)
+  _leaves_close(state1.ema_params, expect, 1e-6, 1e-7)
+  # The EMA's SN vectors follow the EMA weights, not the live G's.
+  sig = [float(v) for p, v in jax.tree_util.tree_flatten_with_path(state1.ema_spectral)[0]
+         if p[-1].key == "sigma"]
+  assert all(np.isfinite(sig)) and min(sig) > 0
+
+
+def test_compiles_once(tiny_config):
+  _, _, step_fn = _run_steps(tiny_config, parallel.make_mesh(1), 3)
+  assert step_fn._cache_size() == 1
+
+
+@pytest.mark.skipif(len(jax.devices()) < 4, reason="needs 4 (virtual) devices")
+def test_one_vs_four_devices_same_losses(tiny_config):
+  s1, h1, _ = _run_steps(tiny_config, parallel.make_mesh(1), 3)
+  s4, h4, _ = _run_steps(tiny_config, parallel.make_mesh(4), 3)
+  for a, b in zip(h1, h4):
+    for k in ("d_loss", "g_loss", "d_real", "d_fake"):
+      np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-5)
+  # Adam moves each weight by at most ~lr per step whatever the gradient's size, so
+  # near-zero gradients whose sign depends on reduction order may differ by that much.
+  atol = 3 * tiny_config.optim.d_lr
+  _leaves_close(jax.device_get(s1.g_params), jax.device_get(s4.g_params), 1e-3, atol)
+  _leaves_close(jax.device_get(s1.d_params), jax.device_get(s4.d_params), 1e-3, atol)
+
+
+def test_n_critic_two_runs_two_d_updates():
+  config = load_config("tiny", optim__n_critic=2)
+  state, hist, _ = _run_steps(config, parallel.make_mesh(1), 1)
+  count = jax.tree.leaves(jax.device_get(state.d_opt_state))[0]
+  assert int(count) == 2  # Adam's update counter of D
+  assert int(jax.tree.leaves(jax.device_get(state.g_opt_state))[0]) == 1
+
+
+def test_resume_gives_same_parameters(tmp_path):
+  config = load_config("tiny", total_steps=4, checkpoint_every=2, log_every=2, sample_every=0)
+  mesh = parallel.make_mesh(1)
+  full = jax.device_get(train.train_and_evaluate(config, str(tmp_path / "a"), mesh=mesh))
+  part = train.train_and_evaluate(config, str(tmp_path / "b"), mesh=mesh, stop_after=2)
+  assert int(part.step) == 2
+  assert checkpointing.Checkpointer(str(tmp_path / "b"), config).latest_step() == 2
+  resumed = jax.device_get(train.train_and_evaluate(config, str(tmp_path / "b"), mesh=mesh))
+  assert int(resumed.step) == 4
+  for name in ("g_params", "d_params", "ema_params", "g_batch_stats", "d_spectral",
+               "g_opt_state", "d_opt_state"):
+    _leaves_close(getattr(full, name), getattr(resumed, name), 1e-6, 1e-7)
+  assert os.path.exists(tmp_path / "a" / "samples" / "step_0000004.png")
+
+
+def test_resume_refuses_other_architecture(tmp_path):
+  config = load_config("tiny", total_steps=2, checkpoint_every=2)
+  train.train_and_evaluate(config, str(tmp_path), mesh=parallel.make_mesh(1))
+  other = load_config("tiny", total_steps=4)
+  other.model.ch = 8
+  with pytest.raises(checkpointing.CheckpointError, match="model.ch"):
+    train.train_and_evaluate(other, str(tmp_path), mesh=parallel.make_mesh(1))
+
+
+def test_corrupt_checkpoint_gives_clear_error(tmp_path):
+  config = load_config("tiny", total_steps=2, checkpoint_every=2)
+  train.train_and_evaluate(config, str(tmp_path), mesh=parallel.make_mesh(1))
+  state_dir = tmp_path / "checkpoints" / "2" / "state"
+  for root, _, files in os.walk(state_dir):
+    for f in files:
+      p = os.path.join(root, f)
+      with open(p, "r+b") as fh:  # overwrite every byte: the data is unreadable
+        size = os.path.getsize(p)
+        fh.write(b"\x00" * size)
+  more = load_config("tiny", total_steps=4)
+  with pytest.raises(checkpointing.CheckpointError, match="could not be read"):
+    train.train_and_evaluate(more, str(tmp_path), mesh=parallel.make_mesh(1))
+
+
+def test_nonfinite_loss_stops_with_message():
+  with pytest.raises(train.NonFiniteLossError, match="step 7.*last good checkpoint \\(step 5\\)"):
+    train._check_finite({"d_loss": float("nan"), "g_loss": 1.0}, 7, 5, "/w")
+  train._check_finite({"d_loss": 0.5}, 7, 5, "/w")  # finite: no error
+
+
+def test_nan_in_training_is_caught(tmp_path, monkeypatch):
+  config = load_config("tiny", total_steps=3, log_every=1, checkpoint_every=1)
+  real_step = train.train_step
+
+  def poisoned(state, batch, rng, **kw):
+    new_state, metrics = real_step(state, batch, rng, **kw)
+    bad = jnp.where(state.step >= 1, jnp.nan, 0.0)
+    return new_state, {**metrics, "d_loss": metrics["d_loss"] + bad}
+
+  monkeypatch.setattr(train, "train_step", poisoned)
+  with pytest.raises(train.NonFiniteLossError, match="step 2"):
+    train.train_and_evaluate(config, str(tmp_path), mesh=parallel.make_mesh(1))
+  # The good step-1 checkpoint is kept, the bad state was never saved.
+  assert checkpointing.Checkpointer(str(tmp_path), config).latest_step() == 1
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("batch_size", 0, "config.batch_size=0"),
+    ("model__resolution", 48, "config.model.resolution=48"),
+    ("model__g_attention", (12,), "config.model.g_attention"),
+    ("optim__beta2", 1.5, "config.optim.beta2"),
+    ("model__dtype", "float16", "config.model.dtype"),
+    ("data__source", "imagenet", "config.data.source"),
+])
+def test_bad_config_names_the_field(field, value, message):
+  config = load_config("tiny")
+  node, parts = config, field.split("__")
+  for p in parts[:-1]:
+    node = node[p]
+  node[parts[-1]] = value
+  with pytest.raises(config_base.ConfigError, match=message.replace(".", r"\.")):
+    config_base.validate(config)
+
+
+def test_batch_not_divisible_by_devices():
+  if len(jax.devices()) < 4:
+    pytest.skip("needs 4 devices")
+  with pytest.raises(ValueError, match="not divisible by the 4 devices"):
+    parallel.check_batch_size(6, parallel.make_mesh(4))
