@@ -10,7 +10,11 @@ Every hyperparameter is a `--config.<field>=<value>` override.
 
 from __future__ import annotations
 
+import os
 import sys
+
+# TensorFlow (used by clu's writers and the TFDS pipeline) stays quiet and off accelerators.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -26,6 +30,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not FLAGS["verbosity"].present:
+    # Progress goes to stdout; library INFO chatter (Orbax, clu) only with -v 0.
+    logging.set_verbosity(logging.WARNING)
   from sagan_jax import config_base, distributed
   distributed.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
   import jax
@@ -37,8 +44,7 @@ def main(argv):
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  logging.info("JAX %s, %d processes, devices: %s", jax.__version__, jax.process_count(),
-               jax.devices())
+  print(f"sagan_jax: JAX {jax.__version__}, {distributed.describe()}", flush=True)
   train.train_and_evaluate(config, FLAGS.workdir)
 
 
