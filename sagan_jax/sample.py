@@ -2,9 +2,15 @@ r"""Images from a trained run (EMA generator by default).
 
   python -m sagan_jax.sample --workdir runs/digits --out grid.png
   python -m sagan_jax.sample --workdir runs/digits --out sheet.png --classes=3,5 --per_class=16
+  python -m sagan_jax.sample --workdir runs/digits --out t.png --truncation=0.5
+  python -m sagan_jax.sample --workdir runs/digits --interpolate interp.png --steps 8
+  python -m sagan_jax.sample --workdir runs/digits --attention attn.png --queries=4:4,8:8
   python -m sagan_jax.sample --workdir runs/digits --npz samples.npz --num 1000
 
-The grid has one row per class. `--npz` writes `images` (uint8 N x H x W x 3)
+The grid has one row per class. `--interpolate` writes one row per class
+walking linearly between two noise vectors; `--attention` writes, for each
+sample, the image and where G's self-attention looks from each query pixel
+(the SAGAN paper's Figure 5). `--npz` writes `images` (uint8 N x H x W x 3)
 and `labels` (int32 N), classes balanced, for evaluation tools.
 """
 
@@ -18,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from sagan_jax import checkpointing, images, parallel, train
+from sagan_jax import checkpointing, exploration, images, parallel, train
 
 FLAGS = flags.FLAGS
 
@@ -50,8 +56,10 @@ def variables(state, use_ema: bool) -> dict:
 
 
 def generate_from_state(config, models, state, labels: np.ndarray, seed: int = 0,
-                        batch_size: int = 100, use_ema: bool = True) -> np.ndarray:
-  """uint8 [N, H, W, 3] images for the given labels (noise from `seed`)."""
+                        batch_size: int = 100, use_ema: bool = True,
+                        truncation: float | None = None, z: np.ndarray | None = None
+                        ) -> np.ndarray:
+  """uint8 [N, H, W, 3] images for the given labels (noise from `seed`, or `z`)."""
   gen = jax.jit(functools.partial(train.generate, models.generator))
   var = variables(state, use_ema)
   m = config.model
@@ -61,10 +69,14 @@ def generate_from_state(config, models, state, labels: np.ndarray, seed: int = 0
     y = labels[i:i + batch_size]
     n = len(y)
     pad = batch_size - n  # fixed batch shape: compile once
-    z = jax.random.normal(jax.random.fold_in(key, i), (batch_size, m.z_dim))
+    if z is None:
+      zb = exploration.truncated_z(jax.random.fold_in(key, i), batch_size, m.z_dim, truncation)
+    else:
+      zb = jnp.asarray(z[i:i + batch_size])
+      zb = jnp.concatenate([zb, jnp.zeros((pad, m.z_dim), zb.dtype)]) if pad else zb
     y_full = np.concatenate([y, np.zeros(pad, np.int32)]) if pad else y
     lab = jnp.asarray(y_full, jnp.int32) if m.num_classes else None
-    out.append(images.to_uint8(gen(var, z, lab))[:n])
+    out.append(images.to_uint8(gen(var, zb, lab))[:n])
   return np.concatenate(out) if out else np.zeros((0, m.resolution, m.resolution, 3), np.uint8)
 
 
@@ -82,11 +94,53 @@ def generate_samples(workdir: str, num: int, seed: int = 0, batch_size: int = 10
   return imgs, labels
 
 
+def write_interpolation(config, models, state, classes, use_ema):
+  """One row per class: G(z) along a line from z0 to z1 (class fixed)."""
+  m = config.model
+  key = jax.random.PRNGKey(FLAGS.seed)
+  zs = []
+  for k in range(len(classes)):
+    k0, k1 = jax.random.split(jax.random.fold_in(key, k))
+    z0 = exploration.truncated_z(k0, 1, m.z_dim, FLAGS.truncation)[0]
+    z1 = exploration.truncated_z(k1, 1, m.z_dim, FLAGS.truncation)[0]
+    zs.append(exploration.interpolate(z0, z1, FLAGS.steps))
+  z = np.asarray(jnp.concatenate(zs))
+  labels = np.repeat(np.asarray(classes, np.int32), FLAGS.steps)
+  imgs = generate_from_state(config, models, state, labels, FLAGS.seed, FLAGS.batch_size,
+                             use_ema, z=z)
+  images.save_png(FLAGS.interpolate, images.make_grid(imgs, FLAGS.steps),
+                  scale=FLAGS.scale or max(1, 128 // m.resolution))
+  print(f"wrote {FLAGS.interpolate}: {len(classes)} rows x {FLAGS.steps} interpolation steps")
+
+
+def write_attention(config, models, state, classes, use_ema):
+  """Per sample: the image, then one overlay per query pixel of G's attention."""
+  m = config.model
+  if not m.g_attention:
+    raise app.UsageError("this generator has no self-attention layer (model.g_attention is empty)")
+  n = FLAGS.attention_samples
+  labels = np.asarray([classes[i % len(classes)] for i in range(n)], np.int32)
+  z = exploration.truncated_z(jax.random.PRNGKey(FLAGS.seed), n, m.z_dim, FLAGS.truncation)
+  out, maps = exploration.generate_with_attention(
+      models.generator, variables(state, use_ema), z,
+      jnp.asarray(labels) if m.num_classes else None)
+  name = FLAGS.attention_layer or sorted(maps)[0]
+  if name not in maps:
+    raise app.UsageError(f"--attention_layer {name!r}: G has {sorted(maps)}")
+  queries = (exploration.parse_queries(FLAGS.queries, m.resolution) if FLAGS.queries
+             else exploration.default_queries(m.resolution))
+  tiles = exploration.attention_sheet(images.to_uint8(out), np.asarray(maps[name]), queries)
+  images.save_png(FLAGS.attention, images.make_grid(tiles, 1 + len(queries)),
+                  scale=FLAGS.scale or max(1, 128 // m.resolution))
+  print(f"wrote {FLAGS.attention}: {n} samples x {len(queries)} query points, layer {name}")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not FLAGS.out and not FLAGS.npz:
-    raise app.UsageError("give --out grid.png and/or --npz samples.npz")
+  if not (FLAGS.out or FLAGS.npz or FLAGS.interpolate or FLAGS.attention):
+    raise app.UsageError("give --out grid.png, --npz samples.npz, --interpolate interp.png "
+                         "or --attention attn.png")
   try:
     config, models, state = load_run(FLAGS.workdir, FLAGS.step)
   except checkpointing.CheckpointError as e:
@@ -94,21 +148,25 @@ def main(argv):
     sys.exit(2)
   m = config.model
   use_ema = not FLAGS.no_ema
+  if FLAGS.classes:
+    classes = [int(c) for c in FLAGS.classes.split(",")]
+    bad = [c for c in classes if not 0 <= c < max(m.num_classes, 1)]
+    if bad:
+      raise app.UsageError(f"--classes {bad} outside 0..{max(m.num_classes, 1) - 1}")
+  else:
+    classes = list(range(min(m.num_classes, 10))) if m.num_classes else [0]
   if FLAGS.out:
-    if FLAGS.classes:
-      classes = [int(c) for c in FLAGS.classes.split(",")]
-      bad = [c for c in classes if not 0 <= c < max(m.num_classes, 1)]
-      if bad:
-        raise app.UsageError(f"--classes {bad} outside 0..{max(m.num_classes, 1) - 1}")
-    else:
-      classes = list(range(min(m.num_classes, 10))) if m.num_classes else [0]
     labels = np.repeat(np.asarray(classes, np.int32), FLAGS.per_class)
     imgs = generate_from_state(config, models, state, labels, FLAGS.seed,
-                               FLAGS.batch_size, use_ema)
+                               FLAGS.batch_size, use_ema, FLAGS.truncation)
     grid = images.make_grid(imgs, FLAGS.per_class)
     images.save_png(FLAGS.out, grid, scale=FLAGS.scale or max(1, 128 // m.resolution))
     print(f"wrote {FLAGS.out}: {len(classes)} classes x {FLAGS.per_class} samples, "
           f"step {int(state.step)}, {'EMA' if use_ema else 'raw'} generator")
+  if FLAGS.interpolate:
+    write_interpolation(config, models, state, classes, use_ema)
+  if FLAGS.attention:
+    write_attention(config, models, state, classes, use_ema)
   if FLAGS.npz:
     labels = balanced_labels(FLAGS.num, m.num_classes)
     imgs = generate_from_state(config, models, state, labels, FLAGS.seed,
@@ -131,5 +189,15 @@ if __name__ == "__main__":
   flags.DEFINE_integer("num", 1000, "Number of samples for --npz.")
   flags.DEFINE_integer("batch_size", 100, "Generation batch size.")
   flags.DEFINE_integer("scale", 0, "PNG upscale factor (0: to ~128 px tiles).")
+  flags.DEFINE_float("truncation", None, "Truncation trick: sample z from N(0, I) "
+                     "truncated to [-t, t] (e.g. 0.5); default no truncation.")
+  flags.DEFINE_string("interpolate", None, "PNG path: latent interpolation, a row per class.")
+  flags.DEFINE_integer("steps", 8, "Interpolation steps per row.")
+  flags.DEFINE_string("attention", None, "PNG path: G's attention maps for query pixels.")
+  flags.DEFINE_string("queries", None, "Query pixels 'row:col,row:col' (default: 3 on the "
+                      "diagonal).")
+  flags.DEFINE_integer("attention_samples", 4, "Samples (rows) in the attention sheet.")
+  flags.DEFINE_string("attention_layer", None, "Which G attention layer, e.g. attention64 "
+                      "(default: the first).")
   flags.mark_flag_as_required("workdir")
   app.run(main)

@@ -60,6 +60,14 @@ def test_train_then_sample_and_npz(tmp_path):
     np.testing.assert_array_equal(d["labels"], np.arange(25) % 10)
     assert d["images"].std() > 0  # not a blank output
 
+  attn, interp = str(tmp_path / "attn.png"), str(tmp_path / "interp.png")
+  p = run("sagan_jax.sample", "--workdir", wd, "--attention", attn, "--queries=2:2,12:12",
+          "--attention_samples=3", "--interpolate", interp, "--steps=5", "--classes=1,2",
+          "--scale=1")
+  assert "layer attention8" in p.stdout
+  assert np.asarray(Image.open(attn)).shape == (3 * 18 + 2, 3 * 18 + 2, 3)  # 3 x (1 + 2 queries)
+  assert np.asarray(Image.open(interp)).shape == (2 * 18 + 2, 5 * 18 + 2, 3)
+
 
 def test_rerun_resumes_and_finishes(tmp_path):
   wd = str(tmp_path / "run")

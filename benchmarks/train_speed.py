@@ -1,0 +1,143 @@
+r"""Training-step throughput, printed as one JSON line per config.
+
+  python benchmarks/train_speed.py                      # digits default + a small 128px model
+  python benchmarks/train_speed.py --configs configs/imagenet128.py --batch 256 --steps 20
+
+For each config: compile time, seconds per iteration (median of --steps
+timed iterations after --warmup), images/s, the XLA FLOPs of one
+iteration, and achieved GFLOP/s. It also measures this machine's float32
+(and bfloat16) matmul peak in the same run, so the `mfu` field is achieved
+FLOP/s over that measured peak (on accelerators pass --peak_tflops for the
+datasheet peak instead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def load_config(path: str, overrides: list[str]):
+  spec = importlib.util.spec_from_file_location("cfg", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  c = mod.get_config()
+  for kv in overrides:
+    key, value = kv.split("=", 1)
+    node, parts = c, key.split(".")
+    for p in parts[:-1]:
+      node = node[p]
+    old = node[parts[-1]]
+    node[parts[-1]] = type(old)(value) if not isinstance(old, tuple) else tuple(
+        int(v) for v in value.strip("()").split(",") if v)
+  return c
+
+
+def matmul_peak_gflops(dtype: str, n: int = 2048, reps: int = 10) -> float:
+  import jax
+  import jax.numpy as jnp
+  a = jnp.ones((n, n), dtype)
+  f = jax.jit(lambda a: a @ a)
+  f(a).block_until_ready()
+  best = float("inf")
+  for _ in range(reps):
+    t = time.perf_counter()
+    f(a).block_until_ready()
+    best = min(best, time.perf_counter() - t)
+  return 2 * n**3 / best / 1e9
+
+
+def bench_config(path: str, overrides: list[str], steps: int, warmup: int) -> dict:
+  import jax
+  import numpy as np
+  from sagan_jax import data, parallel, train
+  from sagan_jax.describe import _flops
+  config = load_config(path, overrides)
+  if config.data.source != "digits":  # synthetic uint8 batches: measure the model, not I/O
+    source = None
+  else:
+    source = data.make_source(config)
+  mesh = parallel.make_mesh(config.mesh.num_devices)
+  models = train.make_models(config)
+  state = train.create_state(models, config, mesh)
+  step_fn = train.make_train_step(models, config, mesh)
+  m = config.model
+  rng = jax.device_put(np.asarray(jax.random.PRNGKey(0)), parallel.replicated(mesh))
+  n = config.optim.n_critic
+  fake = {"image": np.random.default_rng(0).integers(
+      0, 256, (n, config.batch_size, m.resolution, m.resolution, 3), dtype=np.uint8),
+          "label": np.zeros((n, config.batch_size), np.int32)}
+
+  def batch():
+    if source is None:
+      return parallel.global_batch(fake, mesh, 1)
+    parts = [next(source) for _ in range(n)]
+    return parallel.global_batch({k: np.stack([p[k] for p in parts]) for k in fake}, mesh, 1)
+
+  b = batch()
+  t = time.perf_counter()
+  compiled = step_fn.lower(state, b, rng).compile()
+  compile_s = time.perf_counter() - t
+  flops = _flops(compiled) * mesh.devices.size
+  for _ in range(warmup):
+    state, metrics = step_fn(state, batch(), rng)
+  jax.block_until_ready(metrics)
+  times = []
+  for _ in range(steps):
+    b = batch()
+    t = time.perf_counter()
+    state, metrics = step_fn(state, b, rng)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - t)
+  s = statistics.median(times)
+  return {"config": os.path.basename(path), "overrides": overrides,
+          "resolution": m.resolution, "ch": m.ch, "batch_size": config.batch_size,
+          "dtype": m.dtype, "devices": mesh.devices.size, "compile_s": round(compile_s, 2),
+          "sec_per_iteration": round(s, 4), "sec_per_iteration_min": round(min(times), 4),
+          "steps_per_sec": round(1 / s, 3), "images_per_sec": round(config.batch_size / s, 2),
+          "gflop_per_iteration": round(flops / 1e9, 2),
+          "achieved_gflops": round(flops / s / 1e9, 1)}
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("--configs", nargs="*", default=None,
+                  help="config files (default: digits, and imagenet128 shrunk to ch=16, batch 8)")
+  ap.add_argument("--set", nargs="*", default=[], help="overrides FIELD=VALUE for every config")
+  ap.add_argument("--steps", type=int, default=10, help="timed iterations")
+  ap.add_argument("--warmup", type=int, default=2, help="untimed iterations after compile")
+  ap.add_argument("--peak_tflops", type=float, default=0.0,
+                  help="device peak for MFU (default: measured matmul peak of this machine)")
+  args = ap.parse_args()
+  import jax
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  if args.configs:
+    runs = [(c, list(args.set)) for c in args.configs]
+  else:
+    runs = [(os.path.join(root, "configs/digits.py"), list(args.set)),
+            (os.path.join(root, "configs/imagenet128.py"),
+             ["model.ch=16", "batch_size=8", "model.dtype=float32"] + list(args.set))]
+  peak32 = matmul_peak_gflops("float32")
+  peak16 = matmul_peak_gflops("bfloat16")
+  machine = {"backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
+             "jax": jax.__version__, "cpu_count": os.cpu_count(),
+             "matmul_peak_gflops_f32": round(peak32, 1),
+             "matmul_peak_gflops_bf16": round(peak16, 1)}
+  for path, overrides in runs:
+    r = bench_config(path, overrides, args.steps, args.warmup)
+    peak = args.peak_tflops * 1e3 if args.peak_tflops else (
+        peak16 if r["dtype"] == "bfloat16" else peak32)
+    r["mfu"] = round(r["achieved_gflops"] / peak, 4)
+    r["machine"] = machine
+    print(json.dumps(r), flush=True)
+
+
+if __name__ == "__main__":
+  main()
