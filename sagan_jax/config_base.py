@@ -37,6 +37,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.sn_init_iters = 10  # extra power iterations at init so step-0 sigma is accurate
   c.model.bn_eps = 1e-5      # batch-norm epsilon
   c.model.bn_momentum = 0.9  # running-average decay of BN statistics
+  c.model.bn_group_size = 0  # images per BN statistics group (0: whole global batch = cross-replica BN)
   c.model.init = "glorot"    # weight init: 'glorot' (paper), 'orthogonal', 'normal02'
   c.model.dtype = "float32"  # activation/matmul dtype: 'float32' or 'bfloat16'
 
@@ -117,6 +118,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _check(isinstance(m.sn_init_iters, int) and m.sn_init_iters >= 0, "model.sn_init_iters",
          m.sn_init_iters, "must be an integer >= 0")
   _check(0 <= m.bn_momentum < 1, "model.bn_momentum", m.bn_momentum, "must be in [0, 1)")
+  _check(isinstance(m.bn_group_size, int) and m.bn_group_size >= 0
+         and (m.bn_group_size == 0 or c.batch_size % m.bn_group_size == 0),
+         "model.bn_group_size", m.bn_group_size,
+         "must be 0 (global batch) or a divisor of batch_size (e.g. the per-device batch)")
   o = c.optim
   for f in ("g_lr", "d_lr", "eps"):
     _check(o[f] > 0, f"optim.{f}", o[f], "must be > 0")

@@ -174,3 +174,24 @@ def test_upsample_and_pools():
   np.testing.assert_array_equal(up[0, :2, :2, 0], np.full((2, 2), float(x[0, 0, 0, 0])))
   np.testing.assert_array_equal(layers.avg_pool2(up), x)
   np.testing.assert_array_equal(layers.max_pool2(up), x)
+
+
+def test_batch_norm_groups_normalise_each_group_separately():
+  rng = np.random.default_rng(1)
+  x = np.concatenate([rng.normal(0, 1, (2, 3, 3, 4)), rng.normal(5, 2, (2, 3, 3, 4))]).astype(
+      np.float32)
+  grouped = layers.BatchNorm(group_size=2, affine=False)
+  whole = layers.BatchNorm(affine=False)
+  v = whole.init(jax.random.PRNGKey(0), jnp.asarray(x), train=False)
+  y_g, st = grouped.apply(v, jnp.asarray(x), train=True, mutable=["batch_stats"])
+  y_w, _ = whole.apply(v, jnp.asarray(x), train=True, mutable=["batch_stats"])
+
+  def norm(a):
+    return (a - a.mean(axis=(0, 1, 2))) / np.sqrt(a.var(axis=(0, 1, 2)) + 1e-5)
+
+  np.testing.assert_allclose(np.asarray(y_g), np.concatenate([norm(x[:2]), norm(x[2:])]),
+                             rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(np.asarray(y_w), norm(x), rtol=1e-4, atol=1e-4)
+  # Running mean: the average of the group means.
+  group_mean = (x[:2].mean(axis=(0, 1, 2)) + x[2:].mean(axis=(0, 1, 2))) / 2
+  np.testing.assert_allclose(st["batch_stats"]["mean"], 0.1 * group_mean, rtol=1e-4)

@@ -38,10 +38,11 @@ class GBlock(_SNConvFactory):
   num_classes: int = 0
   bn_momentum: float = 0.9
   bn_eps: float = 1e-5
+  bn_group_size: int = 0
 
   def _bn(self, name):
     return layers.ConditionalBatchNorm(self.num_classes, self.bn_momentum, self.bn_eps,
-                                       self.dtype, name=name)
+                                       self.dtype, self.bn_group_size, name=name)
 
   @nn.compact
   def __call__(self, x: jax.Array, labels: jax.Array | None, train: bool) -> jax.Array:

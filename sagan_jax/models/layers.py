@@ -13,6 +13,7 @@ Kernels are stored float32; the convolution/matmul runs in `dtype`
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import jax
@@ -168,6 +169,51 @@ class SNEmbed(nn.Module):
     return jax.nn.one_hot(labels, self.num_embeddings, dtype=jnp.float32) @ table
 
 
+class BatchNorm(nn.Module):
+  """Batch norm over the global batch, or over groups of `group_size` images.
+
+  Under a sharded jit the batch axis spans all devices, so the default
+  (group_size 0) is cross-replica BN. group_size = per-device batch
+  reproduces the per-device statistics of PyTorch DataParallel codes.
+  Statistics are computed in float32. Variables match flax's nn.BatchNorm:
+  params scale/bias (when affine), batch_stats mean/var (biased variance,
+  ra <- momentum * ra + (1 - momentum) * batch).
+  """
+
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+  affine: bool = True
+  group_size: int = 0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    c = x.shape[-1]
+    ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
+    ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
+    xf = x.astype(jnp.float32)
+    if train:
+      b = x.shape[0]
+      g = self.group_size if self.group_size and self.group_size < b else b
+      if b % g:
+        raise ValueError(f"batch {b} is not divisible by bn_group_size {g}")
+      grouped = xf.reshape((b // g, g) + x.shape[1:])
+      axes = tuple(range(1, grouped.ndim - 1))
+      mean = jnp.mean(grouped, axis=axes, keepdims=True)
+      var = jnp.mean(jnp.square(grouped - mean), axis=axes, keepdims=True)
+      y = ((grouped - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
+      if not self.is_initializing():
+        m = self.momentum
+        ra_mean.value = m * ra_mean.value + (1 - m) * jnp.mean(mean, axis=(0,) + axes)
+        ra_var.value = m * ra_var.value + (1 - m) * jnp.mean(var, axis=(0,) + axes)
+    else:
+      y = (xf - ra_mean.value) * jax.lax.rsqrt(ra_var.value + self.epsilon)
+    if self.affine:
+      y = y * self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+      y = y + self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+    return y.astype(self.dtype)
+
+
 class ConditionalBatchNorm(nn.Module):
   """Batch norm without affine, then per-class gain and bias from tables.
 
@@ -180,17 +226,16 @@ class ConditionalBatchNorm(nn.Module):
   momentum: float = 0.9
   epsilon: float = 1e-5
   dtype: Dtype = jnp.float32
+  group_size: int = 0
 
   @nn.compact
   def __call__(self, x: jax.Array, labels: jax.Array | None, train: bool) -> jax.Array:
     c = x.shape[-1]
+    bn = functools.partial(BatchNorm, self.momentum, self.epsilon, group_size=self.group_size,
+                           dtype=self.dtype, name="bn")
     if self.num_classes == 0:
-      return nn.BatchNorm(use_running_average=not train, momentum=self.momentum,
-                          epsilon=self.epsilon, dtype=self.dtype,
-                          param_dtype=jnp.float32, name="bn")(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=self.momentum,
-                     epsilon=self.epsilon, use_scale=False, use_bias=False,
-                     dtype=self.dtype, name="bn")(x)
+      return bn(affine=True)(x, train)
+    x = bn(affine=False)(x, train)
     gamma = self.param("gamma", nn.initializers.ones, (self.num_classes, c), jnp.float32)
     beta = self.param("beta", nn.initializers.zeros, (self.num_classes, c), jnp.float32)
     onehot = jax.nn.one_hot(labels, self.num_classes, dtype=jnp.float32)

@@ -88,6 +88,7 @@ class Generator(nn.Module):
   sn_init_iters: int = 10
   bn_momentum: float = 0.9
   bn_eps: float = 1e-5
+  bn_group_size: int = 0
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -101,11 +102,12 @@ class Generator(nn.Module):
     for k, spec in enumerate(arch.g_blocks):
       h = blocks.GBlock(out_ch=spec.out_ch, num_classes=self.num_classes,
                         bn_momentum=self.bn_momentum, bn_eps=self.bn_eps,
-                        name=f"block{k + 1}", **sn)(h, labels, train)
+                        bn_group_size=self.bn_group_size, name=f"block{k + 1}",
+                        **sn)(h, labels, train)
       if spec.out_res in self.attention:
         h = layers.SelfAttention(name=f"attention{spec.out_res}", **sn)(h, train)
-    h = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                     epsilon=self.bn_eps, dtype=self.dtype, name="bn_out")(h)
+    h = layers.BatchNorm(self.bn_momentum, self.bn_eps, group_size=self.bn_group_size,
+                         dtype=self.dtype, name="bn_out")(h, train)
     h = layers.SNConv(3, 3, name="conv_out", **sn)(nn.relu(h), train)
     return jnp.tanh(h.astype(jnp.float32))
 
@@ -152,7 +154,7 @@ def generator_from_config(m, dtype=None) -> Generator:
                    num_classes=m.num_classes, attention=tuple(m.g_attention),
                    weight_init=m.init, sn_eps=m.sn_eps, sn_init_iters=m.sn_init_iters,
                    bn_momentum=m.bn_momentum, bn_eps=m.bn_eps,
-                   dtype=dtype or jnp.dtype(m.dtype))
+                   bn_group_size=m.bn_group_size, dtype=dtype or jnp.dtype(m.dtype))
 
 
 def discriminator_from_config(m, dtype=None) -> Discriminator:
