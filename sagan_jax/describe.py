@@ -61,13 +61,13 @@ def compile_step(config, models, state, mesh, batch: int):
 def g_forward_flops(config, models, state, batch: int) -> float:
   import jax
   import jax.numpy as jnp
-  from sagan_jax import train
+  from sagan_jax import sampling
   m = config.model
   var = {"params": state.g_params, "batch_stats": state.g_batch_stats,
          "spectral": state.g_spectral}
   z = jax.ShapeDtypeStruct((batch, m.z_dim), jnp.float32)
   y = jax.ShapeDtypeStruct((batch,), jnp.int32) if m.num_classes else None
-  fn = jax.jit(functools.partial(train.generate, models.generator))
+  fn = sampling.jitted_generate(models.generator)
   return _flops(fn.lower(var, z, y).compile())
 
 

@@ -25,6 +25,7 @@ import numpy as np
 from absl import app, flags
 
 from sagan_jax import checkpointing, exploration, images, parallel, train
+from sagan_jax.sampling import balanced_labels, generate_from_state, variables
 
 FLAGS = flags.FLAGS
 
@@ -46,42 +47,6 @@ def load_run(workdir: str, step: int | None = None):
   step = mngr.latest_step() if step is None else step
   state = checkpointing.restore_state(mngr, step, abstract, workdir)
   return config, models, state
-
-
-def variables(state, use_ema: bool) -> dict:
-  if use_ema:
-    return train.ema_variables(state)
-  return {"params": state.g_params, "batch_stats": state.g_batch_stats,
-          "spectral": state.g_spectral}
-
-
-def generate_from_state(config, models, state, labels: np.ndarray, seed: int = 0,
-                        batch_size: int = 100, use_ema: bool = True,
-                        truncation: float | None = None, z: np.ndarray | None = None
-                        ) -> np.ndarray:
-  """uint8 [N, H, W, 3] images for the given labels (noise from `seed`, or `z`)."""
-  gen = jax.jit(functools.partial(train.generate, models.generator))
-  var = variables(state, use_ema)
-  m = config.model
-  out = []
-  key = jax.random.PRNGKey(seed)
-  for i in range(0, len(labels), batch_size):
-    y = labels[i:i + batch_size]
-    n = len(y)
-    pad = batch_size - n  # fixed batch shape: compile once
-    if z is None:
-      zb = exploration.truncated_z(jax.random.fold_in(key, i), batch_size, m.z_dim, truncation)
-    else:
-      zb = jnp.asarray(z[i:i + batch_size])
-      zb = jnp.concatenate([zb, jnp.zeros((pad, m.z_dim), zb.dtype)]) if pad else zb
-    y_full = np.concatenate([y, np.zeros(pad, np.int32)]) if pad else y
-    lab = jnp.asarray(y_full, jnp.int32) if m.num_classes else None
-    out.append(images.to_uint8(gen(var, zb, lab))[:n])
-  return np.concatenate(out) if out else np.zeros((0, m.resolution, m.resolution, 3), np.uint8)
-
-
-def balanced_labels(num: int, num_classes: int) -> np.ndarray:
-  return (np.arange(num) % max(num_classes, 1)).astype(np.int32)
 
 
 def generate_samples(workdir: str, num: int, seed: int = 0, batch_size: int = 100,

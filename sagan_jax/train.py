@@ -23,7 +23,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from sagan_jax import checkpointing, config_base, images, losses, parallel
+from sagan_jax import checkpointing, config_base, images, losses, parallel, sampling
 from sagan_jax.models import layers, sagan
 
 PyTree = Any
@@ -219,17 +219,6 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
   return new_state, metrics
 
 
-def generate(models_or_g, variables: dict, z: jax.Array, labels: jax.Array | None) -> jax.Array:
-  """G(z, y) in eval mode (running BN stats, stored SN vectors), [-1, 1]."""
-  g = models_or_g.generator if isinstance(models_or_g, Models) else models_or_g
-  return g.apply(variables, z, labels, train=False)
-
-
-def ema_variables(state: TrainState) -> dict:
-  return {"params": state.ema_params, "batch_stats": state.ema_batch_stats,
-          "spectral": state.ema_spectral}
-
-
 def sample_grid_inputs(config, n_per_class: int = 10, max_classes: int = 10):
   """Fixed noise and labels for the progress grids: a row per class."""
   m = config.model
@@ -334,6 +323,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   from sagan_jax import data as data_lib
   from sagan_jax.data.errors import DataError
+  from sagan_jax.evaluation import training_eval
 
   config_base.validate(config)
   mesh = mesh if mesh is not None else parallel.make_mesh(config.mesh.num_devices)
@@ -369,16 +359,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # A separate buffer: state (and its rng field) is donated to each step.
   rng = jax.device_put(np.asarray(jax.device_get(state.rng)), parallel.replicated(mesh))
   grid_z, grid_y, grid_cols = sample_grid_inputs(config)
-  gen_fn = jax.jit(functools.partial(generate, models.generator))
+  gen_fn = sampling.jitted_generate(models.generator)
 
   def write_samples(step: int):
     labels = _labels(m.num_classes, jnp.asarray(grid_y))
-    imgs = images.to_uint8(gen_fn(ema_variables(state), grid_z, labels))
+    imgs = images.to_uint8(gen_fn(sampling.ema_variables(state), grid_z, labels))
     grid = images.make_grid(imgs, grid_cols)
     if is_chief:
       images.save_png(f"{workdir}/samples/step_{step:07d}.png", grid,
                       scale=max(1, 128 // m.resolution))
     writer.write_images(step, {"samples_ema": grid[None]})
+
+  evaluator = training_eval.make(config)
+  best = checkpointing.BestCheckpointer(workdir, config, evaluator.mode) if evaluator else None
+  eval_labels = sampling.balanced_labels(evaluator.num_samples if evaluator else 0,
+                                         m.num_classes)
+
+  def evaluate(step: int):
+    imgs = sampling.generate_from_state(config, models, state, eval_labels, seed=config.seed + 1,
+                                        batch_size=min(100, len(eval_labels)))
+    results = evaluator.score(imgs, eval_labels)
+    writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items()})
+    say("eval at step %d (%d EMA samples, %s): %s", step, len(eval_labels), evaluator.name,
+        ", ".join(f"{k} {v:.4g}" for k, v in results.items()))
+    best.save(step, state, results[evaluator.primary])
 
   def next_batch():
     parts = [next(source) for _ in range(n_critic)]
@@ -397,6 +401,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       while step < end:
         state, metrics = step_fn(state, next_batch(), rng)
         step += 1
+        if step == start + 1:  # throughput and ETA exclude the first step's compilation
+          jax.block_until_ready(metrics)
+          t_log, step_log = time.time(), step
         log_now = step % config.log_every == 0 or step == end
         ckpt_now = step % config.checkpoint_every == 0 or step == end
         stop_now = preempt.should_stop(step)
@@ -420,11 +427,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           last_ckpt = step
         if (config.sample_every and step % config.sample_every == 0) or step == end:
           write_samples(step)
+        if evaluator and (step % config.eval_every == 0 or step == end):
+          evaluate(step)
         if stop_now:
           say("Stopped at step %d on request; rerun with the same --workdir to resume.", step)
           break
   finally:
     ckpt.wait()  # a started save completes (or is discarded), even on error
+    if best is not None:
+      best.wait()
     writer.flush()
   return state
 

@@ -191,3 +191,18 @@ def test_batch_not_divisible_by_devices():
     pytest.skip("needs 4 devices")
   with pytest.raises(ValueError, match="not divisible by the 4 devices"):
     parallel.check_batch_size(6, parallel.make_mesh(4))
+
+
+def test_in_training_eval_logs_and_keeps_best(tmp_path):
+  config = load_config("tiny", total_steps=4, eval_every=2, eval__num_samples=50)
+  train.train_and_evaluate(config, str(tmp_path), mesh=parallel.make_mesh(1))
+  best = checkpointing.BestCheckpointer(str(tmp_path), config, "max")
+  assert best.best_step() in (2, 4)
+  assert len(os.listdir(tmp_path / "checkpoints_best")) == 1  # only the best is kept
+
+
+def test_fid_eval_without_reference_stats_is_refused():
+  from sagan_jax.evaluation import training_eval
+  config = load_config("tiny", eval_every=2, eval__metric="fid")
+  with pytest.raises(ValueError, match="eval.ref_stats"):
+    training_eval.make(config)
