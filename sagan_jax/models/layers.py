@@ -49,9 +49,15 @@ def power_iteration(w_mat: jax.Array, u: jax.Array, n_iters: int, eps: float):
   w_mat = w_mat.astype(jnp.float32)
   u = u.astype(jnp.float32)
   v = _l2_normalize(w_mat.T @ u, eps)
-  for _ in range(n_iters):
-    u = _l2_normalize(w_mat @ v, eps)
-    v = _l2_normalize(w_mat.T @ u, eps)
+
+  def body(_, uv):
+    u = _l2_normalize(w_mat @ uv[1], eps)
+    return u, _l2_normalize(w_mat.T @ u, eps)
+
+  if n_iters == 1:
+    u, v = body(0, (u, v))
+  elif n_iters > 1:  # a loop, not n unrolled copies: keeps init's compile small
+    u, v = jax.lax.fori_loop(0, n_iters, body, (u, v))
   u = jax.lax.stop_gradient(u)
   v = jax.lax.stop_gradient(v)
   sigma = u @ (w_mat @ v)
