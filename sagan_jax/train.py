@@ -354,7 +354,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief,
                                                 asynchronous=False)
   if start == 0:
-    writer.write_hparams({k: v for k, v in _flat(config.to_dict()).items()})
+    writer.write_hparams(_flat(config.to_dict()))
   step_fn = make_train_step(models, config, mesh)
   # A separate buffer: state (and its rng field) is donated to each step.
   rng = jax.device_put(np.asarray(jax.device_get(state.rng)), parallel.replicated(mesh))
@@ -391,7 +391,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   end = config.total_steps if stop_after is None else min(stop_after, config.total_steps)
   say("Training %s: steps %d -> %d, global batch %d on %d devices (%d processes).",
-               workdir, start, end, config.batch_size, mesh.devices.size, jax.process_count())
+      workdir, start, end, config.batch_size, mesh.devices.size, jax.process_count())
   last_ckpt = ckpt.latest_step()
   t_log, step_log = time.time(), start
   t_start = time.time()
@@ -441,6 +441,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
+  """Nested config dict -> {'a.b': scalar} for TensorBoard's hparams."""
   out = {}
   for k, v in d.items():
     key = f"{prefix}{k}"
