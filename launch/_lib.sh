@@ -53,3 +53,30 @@ need() {
   [[ $DRY_RUN == 1 ]] && return 0
   command -v "$1" >/dev/null 2>&1 || die "'$1' not found on PATH. $2"
 }
+
+# Option parsing shared by the scripts' `while (($#))` loops. The variables it
+# sets (arg, value, has_value, shift_by) are read by the sourcing script.
+# shellcheck disable=SC2034
+# next_opt WORD: split WORD into $arg and, for --opt=value, $value (has_value=1);
+# the loop then shifts by $shift_by.
+next_opt() {
+  arg=$1
+  value=""
+  has_value=0
+  shift_by=1
+  if [[ $arg == --*=* ]]; then
+    value=${arg#*=}
+    arg=${arg%%=*}
+    has_value=1
+  fi
+}
+
+# take "$@": the current option's value into $value (consuming one more word
+# unless it came as --opt=value).
+# shellcheck disable=SC2034
+take() {
+  ((has_value)) && return 0
+  (($# >= 2)) || die "$arg needs a value"
+  value=$2
+  shift_by=2
+}

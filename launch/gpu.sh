@@ -54,22 +54,8 @@ LOG=""
 EXTRA_ARGS=()
 command_given=0
 
-take() {
-  ((has_value)) && return 0
-  (($# >= 2)) || die "$arg needs a value"
-  value=$2
-  shift_by=2
-}
 while (($#)); do
-  arg=$1
-  value=""
-  has_value=0
-  shift_by=1
-  if [[ $arg == --*=* ]]; then
-    value=${arg#*=}
-    arg=${arg%%=*}
-    has_value=1
-  fi
+  next_opt "$1"
   case $arg in
     -h | --help) usage; exit 0 ;;
     --dry-run) DRY_RUN=1 ;;

@@ -87,24 +87,8 @@ GRACE=300
 EXTRA_ARGS=()
 
 # Option values may be given as `--opt value` or `--opt=value`.
-# take "$@": the current option's value into $value (consuming one more word
-# unless it came as --opt=value).
-take() {
-  ((has_value)) && return 0
-  (($# >= 2)) || die "$arg needs a value"
-  value=$2
-  shift_by=2
-}
 while (($#)); do
-  arg=$1
-  value=""
-  has_value=0
-  shift_by=1
-  if [[ $arg == --*=* ]]; then
-    value=${arg#*=}
-    arg=${arg%%=*}
-    has_value=1
-  fi
+  next_opt "$1"
   case $arg in
     -h | --help) usage; exit 0 ;;
     --dry-run) DRY_RUN=1 ;;

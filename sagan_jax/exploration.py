@@ -68,7 +68,7 @@ def mark(image: np.ndarray, query: tuple[int, int], colour: np.ndarray) -> np.nd
   """A small square marker at the query pixel."""
   out = image.copy()
   h, w = out.shape[:2]
-  s = max(1, h // 32)
+  s = h // 32  # a single pixel on small images
   y0, y1 = max(query[0] - s, 0), min(query[0] + s + 1, h)
   x0, x1 = max(query[1] - s, 0), min(query[1] + s + 1, w)
   out[y0:y1, x0:x1] = colour

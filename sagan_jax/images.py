@@ -38,4 +38,4 @@ def save_png(path: str, image: np.ndarray, scale: int = 1) -> None:
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.parent / (path.name + ".tmp")
   tmp.write_bytes(buf.getvalue())
-  tmp.rename(path)
+  tmp.replace(path)  # atomic, and overwrites an existing file

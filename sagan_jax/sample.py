@@ -22,7 +22,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
 from sagan_jax import checkpointing, exploration, images, parallel, train
 from sagan_jax.sampling import balanced_labels, generate_from_state, variables
@@ -103,6 +103,8 @@ def write_attention(config, models, state, classes, use_ema):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # keep Orbax's INFO chatter out of the way
   if not (FLAGS.out or FLAGS.npz or FLAGS.interpolate or FLAGS.attention):
     raise app.UsageError("give --out grid.png, --npz samples.npz, --interpolate interp.png "
                          "or --attention attn.png")

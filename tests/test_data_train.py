@@ -98,3 +98,41 @@ def test_class_mismatch_stops_training_with_the_value_to_set(tmp_path, config):
   with pytest.raises(DataError, match="--config.model.num_classes=2"):
     run(c, tmp_path / "work")
   assert not os.path.exists(tmp_path / "work" / "checkpoints" / "2")
+
+
+def test_folder_config_trains_and_resumes_from_the_command_line(tmp_path):
+  """configs/folder.py as the README shows it: train, rerun, resume."""
+  import subprocess
+  import sys
+  from tests.test_cli import _env
+  make_folder(tmp_path / "images", n_classes=3, per_class=3)
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  cmd = [sys.executable, "-m", "sagan_jax.main", "--config", "configs/folder.py",
+         f"--config.data.dir={tmp_path / 'images'}", "--workdir", str(tmp_path / "work"),
+         "--config.model.resolution=16", "--config.model.ch=8", "--config.model.g_attention=(8,)",
+         "--config.model.d_attention=(8,)", "--config.batch_size=4", "--config.log_every=1",
+         "--config.sample_every=0", "--config.data.shuffle_buffer=16"]
+  first = subprocess.run(cmd + ["--config.total_steps=2"], cwd=root, env=_env(),
+                         capture_output=True, text=True, timeout=600)
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert "step 2/2" in first.stdout
+  second = subprocess.run(cmd + ["--config.total_steps=3"], cwd=root, env=_env(),
+                          capture_output=True, text=True, timeout=600)
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert "resuming from" in second.stdout and "step 3/3" in second.stdout
+  assert os.path.isdir(tmp_path / "work" / "checkpoints" / "3")
+
+
+@pytest.mark.slow
+def test_imagenet128_config_end_to_end_on_mock_data(tmp_path, recorded):
+  """configs/imagenet128.py itself (tiny width) on tfds mock imagenet2012."""
+  from tests.conftest import load_config
+  c = load_config("imagenet128", total_steps=2, batch_size=4, checkpoint_every=2, log_every=1,
+                  sample_every=0, model__ch=8, model__dtype="float32")
+  c.data.shuffle_buffer = 16
+  with tfds.testing.mock_data(num_examples=8):
+    state = run(c, tmp_path / "work")
+  batches, _ = recorded
+  assert int(state.step) == 2
+  assert batches[0]["image"].shape == (4, 128, 128, 3)
+  assert os.path.isdir(tmp_path / "work" / "checkpoints" / "2")
