@@ -29,7 +29,7 @@ def checkpoint_dir(workdir: str) -> epath.Path:
   return epath.Path(workdir) / "checkpoints"
 
 
-def _manager(workdir: str, keep: int = 1, create: bool = True) -> ocp.CheckpointManager:
+def manager(workdir: str, keep: int = 1, create: bool = True) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create)
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
                                item_names=("state", "config"))
@@ -41,7 +41,7 @@ class Checkpointer:
   def __init__(self, workdir: str, config: ml_collections.ConfigDict):
     self.workdir = workdir
     self.config = config
-    self.mngr = _manager(workdir, config.keep_checkpoints)
+    self.mngr = manager(workdir, config.keep_checkpoints)
 
   def latest_step(self) -> int | None:
     return self.mngr.latest_step()
@@ -115,7 +115,7 @@ def read_config(workdir: str, step: int | None = None) -> ml_collections.ConfigD
     if not cdir.exists():
       raise CheckpointError(f"no checkpoints in {cdir}: train first with "
                             f"`python -m sagan_jax.main --config ... --workdir {workdir}`.")
-    step = _manager(workdir, create=False).latest_step()
+    step = manager(workdir, create=False).latest_step()
     if step is None:
       raise CheckpointError(f"no complete checkpoint in {cdir}.")
   path = cdir / str(step) / "config" / "metadata"

@@ -32,7 +32,6 @@ FLAGS = flags.FLAGS
 
 def load_run(workdir: str, step: int | None = None):
   """(config, models, state) of a run's latest (or given) checkpoint, on one device."""
-  import orbax.checkpoint as ocp
   config = checkpointing.read_config(workdir, step)
   models = train.make_models(config)
   mesh = parallel.make_mesh(1)
@@ -41,9 +40,7 @@ def load_run(workdir: str, step: int | None = None):
                             jax.random.PRNGKey(0))
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep),
                           abstract)
-  mngr = ocp.CheckpointManager(checkpointing.checkpoint_dir(workdir),
-                               options=ocp.CheckpointManagerOptions(create=False),
-                               item_names=("state", "config"))
+  mngr = checkpointing.manager(workdir, create=False)
   step = mngr.latest_step() if step is None else step
   state = checkpointing.restore_state(mngr, step, abstract, workdir)
   return config, models, state

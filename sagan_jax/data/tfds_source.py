@@ -391,7 +391,7 @@ def _split_name(config, process_index, process_count, split=None):
 
 
 def _tfds_train(config, process_index, process_count, start_batch, threads):
-  tf = import_tf()
+  import_tf()  # hides accelerators from TF before any dataset is built
   seeds = _seeds(config, process_index, start_batch)
   split = _split_name(config, process_index, process_count)
   ds, encoded, num_classes = _tfds_dataset(config, split, shuffle_files=True,
