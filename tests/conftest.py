@@ -42,6 +42,26 @@ def load_config(name: str, **overrides):
   return c
 
 
+def free_port() -> int:
+  """A TCP port on 127.0.0.1 that is free right now (for jax.distributed tests)."""
+  import socket
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def image_ids(images):
+  """Image number of each solid test image (checks each image is one constant value)."""
+  flat = images.reshape(len(images), -1).astype(int)
+  assert (flat == flat[:, :1]).all(), "images are not solid"
+  return ((flat[:, 0] - 4) // 8).tolist()
+
+
+def take(source, n):
+  """The next n batches of a source."""
+  return [next(source) for _ in range(n)]
+
+
 @pytest.fixture
 def tiny_config():
   return load_config("tiny")

@@ -15,6 +15,7 @@ from sagan_jax import config_base
 from sagan_jax.data import folder as folder_lib
 from sagan_jax.data import make_source, tfds_source
 from sagan_jax.data.errors import DataError
+from tests.conftest import image_ids, take
 
 
 def folder_config(path, *, resolution=16, num_classes=3, batch_size=4, flip=False, **data):
@@ -49,17 +50,6 @@ def id_folder(root, n_classes=3, per_class=8):
       save(f"{root}/class{c}/img{j:02d}.png", np.full((h, w, 3), 8 * i + 4, np.uint8))
       i += 1
   return i
-
-
-def image_ids(images):
-  """Image number of each solid image (checks each image is one constant value)."""
-  flat = images.reshape(len(images), -1).astype(int)
-  assert (flat == flat[:, :1]).all(), "images are not solid"
-  return ((flat[:, 0] - 4) // 8).tolist()
-
-
-def take(source, n):
-  return [next(source) for _ in range(n)]
 
 
 def test_import_does_not_load_tensorflow():

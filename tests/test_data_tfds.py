@@ -15,6 +15,7 @@ import tensorflow_datasets as tfds
 from sagan_jax import config_base
 from sagan_jax.data import make_source, tfds_source
 from sagan_jax.data.errors import DataError
+from tests.conftest import image_ids, take
 
 N_TRAIN, N_TEST = 24, 6
 
@@ -67,16 +68,6 @@ def tiny_config(data_dir, **kw):
   kw.setdefault("num_classes", 3)
   kw.setdefault("resolution", 16)
   return tfds_config("sagan_tiny_images", data_dir=data_dir, **kw)
-
-
-def image_ids(images):
-  flat = images.reshape(len(images), -1).astype(int)
-  assert (flat == flat[:, :1]).all(), "images are not solid"
-  return ((flat[:, 0] - 4) // 8).tolist()
-
-
-def take(source, n):
-  return [next(source) for _ in range(n)]
 
 
 def test_mock_imagenet2012_batches():

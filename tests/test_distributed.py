@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -13,6 +12,7 @@ import time
 import pytest
 
 from sagan_jax import distributed
+from tests.conftest import free_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -210,7 +210,7 @@ def test_tpu_worker_count_from_a_fake_metadata_server(monkeypatch):
     server.shutdown()
     server.server_close()
   # Nobody listening: unknown, not an exception.
-  monkeypatch.setenv("GCE_METADATA_IP", f"127.0.0.1:{_free_port()}")
+  monkeypatch.setenv("GCE_METADATA_IP", f"127.0.0.1:{free_port()}")
   assert distributed._tpu_worker_count_from_metadata() is None
 
 
@@ -291,12 +291,6 @@ WORKER = textwrap.dedent("""
 """)
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def test_two_processes_on_cpu():
   env = {k: v for k, v in os.environ.items()
          if not k.startswith(("SLURM_", "OMPI_", "PMI_", "JAX_", "MEGASCALE_",
@@ -305,7 +299,7 @@ def test_two_processes_on_cpu():
   env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
                               if not f.startswith("--xla_force_host_platform_device_count"))
   env.update(JAX_PLATFORMS="cpu", PYTHONPATH=REPO + os.pathsep + env.get("PYTHONPATH", ""))
-  port = _free_port()
+  port = free_port()
   start = time.time()
   procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(port), str(i)],
                             cwd=REPO, env=env, stdout=subprocess.PIPE,

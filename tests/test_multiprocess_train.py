@@ -16,7 +16,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -27,7 +26,7 @@ import numpy as np
 import pytest
 
 from sagan_jax import checkpointing, parallel, train
-from tests.conftest import load_config
+from tests.conftest import free_port, load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 3
@@ -102,12 +101,6 @@ WORKER = textwrap.dedent("""
 """)
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def _child_env() -> dict[str, str]:
   env = {k: v for k, v in os.environ.items()
          if not k.startswith(("SLURM_", "OMPI_", "PMI_", "JAX_", "MEGASCALE_",
@@ -121,7 +114,7 @@ def _child_env() -> dict[str, str]:
 
 
 def _start_two_processes(workdir: str, outdir: str) -> list[subprocess.Popen]:
-  port = _free_port()
+  port = free_port()
   env = _child_env()
   return [subprocess.Popen(
       [sys.executable, "-c", WORKER, str(port), str(i), workdir,
