@@ -27,7 +27,10 @@ FID_HELPER = weights.find_fid_helper_file()
 def pytorch_fid_reference(mu1, sigma1, mu2, sigma2, eps=1e-6):
   """pytorch-fid's calculate_frechet_distance (scipy sqrtm, 1e-6*I fallback)."""
   diff = mu1 - mu2
-  covmean, _ = scipy.linalg.sqrtm(sigma1.dot(sigma2), disp=False)
+  try:
+    covmean, _ = scipy.linalg.sqrtm(sigma1.dot(sigma2), disp=False)
+  except TypeError:  # scipy >= 1.18 removed `disp`
+    covmean = scipy.linalg.sqrtm(sigma1.dot(sigma2))
   if not np.isfinite(covmean).all():
     offset = np.eye(sigma1.shape[0]) * eps
     covmean = scipy.linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset))

@@ -131,6 +131,14 @@ def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray,
   return float(np.sum(np.sqrt(_clip_eigenvalues(w))))
 
 
+def _scipy_sqrtm(m: np.ndarray) -> np.ndarray:
+  """scipy.linalg.sqrtm without its error print (scipy >= 1.18 dropped `disp`)."""
+  try:
+    return scipy.linalg.sqrtm(m, disp=False)[0]
+  except TypeError:
+    return scipy.linalg.sqrtm(m)
+
+
 def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6,
                      method: str = "eigh") -> float:
   """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2) (FID formula)."""
@@ -147,10 +155,10 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6,
       offset = np.eye(sigma1.shape[0]) * eps
       tr_covmean = trace_sqrt_product(sigma1 + offset, sigma2 + offset)
   elif method == "sqrtm":
-    covmean, _ = scipy.linalg.sqrtm(sigma1.dot(sigma2), disp=False)
+    covmean = _scipy_sqrtm(sigma1.dot(sigma2))
     if not np.isfinite(covmean).all():
       offset = np.eye(sigma1.shape[0]) * eps
-      covmean = scipy.linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset))
+      covmean = _scipy_sqrtm((sigma1 + offset).dot(sigma2 + offset))
     if np.iscomplexobj(covmean):
       if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
         raise ValueError(f"imaginary component {np.max(np.abs(covmean.imag))}")
