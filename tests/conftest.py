@@ -42,6 +42,19 @@ def load_config(name: str, **overrides):
   return c
 
 
+def data_config(source, *, resolution, num_classes, batch_size=4, **data):
+  """base_config() for a data source, with `data.<field>` overrides as keywords."""
+  from sagan_jax import config_base
+  c = config_base.base_config()
+  c.data.source = source
+  c.model.resolution = resolution
+  c.model.num_classes = num_classes
+  c.batch_size = batch_size
+  for k, v in data.items():
+    c.data[k] = v
+  return c
+
+
 def free_port() -> int:
   """A TCP port on 127.0.0.1 that is free right now (for jax.distributed tests)."""
   import socket

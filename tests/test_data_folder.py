@@ -11,24 +11,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sagan_jax import config_base
 from sagan_jax.data import folder as folder_lib
 from sagan_jax.data import make_source, tfds_source
 from sagan_jax.data.errors import DataError
-from tests.conftest import image_ids, take
+from tests.conftest import data_config, image_ids, take
 
 
 def folder_config(path, *, resolution=16, num_classes=3, batch_size=4, flip=False, **data):
-  c = config_base.base_config()
-  c.data.source = "folder"
-  c.data.dir = str(path)
-  c.data.random_flip = flip
-  c.model.resolution = resolution
-  c.model.num_classes = num_classes
-  c.batch_size = batch_size
-  for k, v in data.items():
-    c.data[k] = v
-  return c
+  return data_config("folder", resolution=resolution, num_classes=num_classes,
+                     batch_size=batch_size, dir=str(path), random_flip=flip, **data)
 
 
 def save(path, array, mode=None, fmt=None, **kw):

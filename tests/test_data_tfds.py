@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from sagan_jax import config_base
 from sagan_jax.data import make_source, tfds_source
 from sagan_jax.data.errors import DataError
-from tests.conftest import image_ids, take
+from tests.conftest import data_config, image_ids, take
 
 N_TRAIN, N_TEST = 24, 6
 
@@ -52,16 +51,8 @@ def tiny_dir(tmp_path_factory):
 
 def tfds_config(name="imagenet2012", *, data_dir="", resolution=32, num_classes=1000,
                 batch_size=4, **data):
-  c = config_base.base_config()
-  c.data.source = "tfds"
-  c.data.name = name
-  c.data.dir = data_dir
-  c.model.resolution = resolution
-  c.model.num_classes = num_classes
-  c.batch_size = batch_size
-  for k, v in data.items():
-    c.data[k] = v
-  return c
+  return data_config("tfds", resolution=resolution, num_classes=num_classes,
+                     batch_size=batch_size, name=name, dir=data_dir, **data)
 
 
 def tiny_config(data_dir, **kw):

@@ -79,17 +79,21 @@ def test_flax_param_tree_matches_loader_layout():
 def _torch_bilinear_reference(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
   """F.interpolate(mode='bilinear', align_corners=False) written out in numpy."""
   def weights_1d(n_in, n_out):
-    scale = n_in / n_out
-    src = (np.arange(n_out) + 0.5) * scale - 0.5
-    src = np.maximum(src, 0.0)             # torch clamps negative source coords
-    i0 = np.minimum(np.floor(src).astype(int), n_in - 1)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    lam = src - i0
-    m = np.zeros((n_out, n_in))
-    m[np.arange(n_out), i0] += 1 - lam
-    m[np.arange(n_out), i1] += lam
-    return m
+    src = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+    return _linear_weights(np.maximum(src, 0.0), n_in)  # torch clamps negative coords
   return _separable(x, weights_1d(x.shape[1], out_h), weights_1d(x.shape[2], out_w))
+
+
+def _linear_weights(src, n_in):
+  """[n_out, n_in] linear-interpolation matrix for source coordinates `src`."""
+  n_out = len(src)
+  i0 = np.minimum(np.floor(src).astype(int), n_in - 1)
+  i1 = np.minimum(i0 + 1, n_in - 1)
+  lam = src - i0
+  m = np.zeros((n_out, n_in))
+  m[np.arange(n_out), i0] += 1 - lam
+  m[np.arange(n_out), i1] += lam
+  return m
 
 
 def _separable(x, wh, ww):
@@ -101,14 +105,7 @@ def _separable(x, wh, ww):
 def _tf1_bilinear_reference(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
   """TF1 ResizeBilinear (half_pixel_centers=False) in numpy."""
   def weights_1d(n_in, n_out):
-    src = np.arange(n_out) * (n_in / n_out)
-    i0 = np.minimum(np.floor(src).astype(int), n_in - 1)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    lam = src - i0
-    m = np.zeros((n_out, n_in))
-    m[np.arange(n_out), i0] += 1 - lam
-    m[np.arange(n_out), i1] += lam
-    return m
+    return _linear_weights(np.arange(n_out) * (n_in / n_out), n_in)
   return _separable(x, weights_1d(x.shape[1], out_h), weights_1d(x.shape[2], out_w))
 
 
