@@ -14,7 +14,6 @@ datasheet peak instead).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
@@ -25,19 +24,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def load_config(path: str, overrides: list[str]):
-  spec = importlib.util.spec_from_file_location("cfg", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  c = mod.get_config()
-  for kv in overrides:
-    key, value = kv.split("=", 1)
-    node, parts = c, key.split(".")
-    for p in parts[:-1]:
-      node = node[p]
-    old = node[parts[-1]]
-    node[parts[-1]] = type(old)(value) if not isinstance(old, tuple) else tuple(
-        int(v) for v in value.strip("()").split(",") if v)
-  return c
+  """config_base.load with FIELD=VALUE strings (parsed as the field's type)."""
+  from sagan_jax import config_base
+  return config_base.load(path, dict(kv.split("=", 1) for kv in overrides))
 
 
 def matmul_peak_gflops(dtype: str, n: int = 2048, reps: int = 10) -> float:
@@ -57,7 +46,7 @@ def matmul_peak_gflops(dtype: str, n: int = 2048, reps: int = 10) -> float:
 def bench_config(path: str, overrides: list[str], steps: int, warmup: int) -> dict:
   import jax
   import numpy as np
-  from sagan_jax import data, parallel, train
+  from sagan_jax import data, parallel, state as state_lib, train
   from sagan_jax.describe import _flops
   config = load_config(path, overrides)
   if config.data.source != "digits":  # synthetic uint8 batches: measure the model, not I/O
@@ -65,11 +54,11 @@ def bench_config(path: str, overrides: list[str], steps: int, warmup: int) -> di
   else:
     source = data.make_source(config)
   mesh = parallel.make_mesh(config.mesh.num_devices)
-  models = train.make_models(config)
-  state = train.create_state(models, config, mesh)
+  models = state_lib.make_models(config)
+  state = state_lib.create_state(models, config, mesh)
   step_fn = train.make_train_step(models, config, mesh)
   m = config.model
-  rng = jax.device_put(np.asarray(jax.random.PRNGKey(0)), parallel.replicated(mesh))
+  rng = train.step_rng(config, mesh)
   n = config.optim.n_critic
   fake = {"image": np.random.default_rng(0).integers(
       0, 256, (n, config.batch_size, m.resolution, m.resolution, 3), dtype=np.uint8),

@@ -17,12 +17,11 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
+from sagan_jax import utils
+from sagan_jax.errors import CheckpointError
+
 # Config fields that define the shapes in the state: a resumed run must match.
 _ARCH_FIELDS = ("resolution", "ch", "z_dim", "num_classes", "g_attention", "d_attention")
-
-
-class CheckpointError(RuntimeError):
-  """A checkpoint cannot be used; the message says why and what to do."""
 
 
 def checkpoint_dir(workdir: str) -> epath.Path:
@@ -50,22 +49,22 @@ class Checkpointer:
     self.mngr.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         config=ocp.args.JsonSave(self.config.to_dict())))
-    logging.info("Saving checkpoint for step %d in %s", step, checkpoint_dir(self.workdir))
-    if jax.process_index() == 0:
-      print(f"saving checkpoint: {checkpoint_dir(self.workdir) / str(step)}", flush=True)
+    utils.say("saving checkpoint: %s", checkpoint_dir(self.workdir) / str(step))
 
   def wait(self) -> None:
     self.mngr.wait_until_finished()
 
   def restore_latest(self, template):
-    """Returns the latest checkpoint restored onto `template`'s shardings, or template."""
+    """The latest checkpoint restored onto `template`'s shapes and shardings, or None.
+
+    template: the abstract state (`state.abstract_state(config, mesh)`) or a real one.
+    """
     step = self.mngr.latest_step()
     if step is None:
-      return template
+      return None
     saved = read_config(self.workdir, step)
     _check_compatible(saved, self.config, self.workdir)
-    if jax.process_index() == 0:
-      print(f"resuming from {checkpoint_dir(self.workdir) / str(step)}", flush=True)
+    utils.say("resuming from %s", checkpoint_dir(self.workdir) / str(step))
     return restore_state(self.mngr, step, template, self.workdir)
 
 

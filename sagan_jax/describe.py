@@ -14,10 +14,11 @@ you know whether a batch fits before launching.
 
 from __future__ import annotations
 
-import functools
 import json
 
 from absl import app, flags
+
+from sagan_jax import utils
 
 FLAGS = flags.FLAGS
 
@@ -32,30 +33,20 @@ def module_rows(params, prefix: str) -> list[tuple[str, int]]:
   return [(f"{prefix}/{name}", count(sub)) for name, sub in params.items()]
 
 
-def abstract_state(config):
-  import jax
-  from sagan_jax import train
-  models = train.make_models(config)
-  state = jax.eval_shape(functools.partial(train.init_state, models, config),
-                         jax.random.PRNGKey(0))
-  return models, state
-
-
 def compile_step(config, models, state, mesh, batch: int):
-  """AOT-compiles the train step for `batch` global images on `mesh`."""
+  """AOT-compiles the train step for `batch` global images on `mesh` (state: abstract)."""
   import jax
   import jax.numpy as jnp
   from sagan_jax import parallel, train
   m = config.model
   rep = parallel.replicated(mesh)
-  st = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), state)
   bs = parallel.batch_sharding(mesh, 1)
   n = config.optim.n_critic
   b = {"image": jax.ShapeDtypeStruct((n, batch, m.resolution, m.resolution, 3), jnp.uint8,
                                      sharding=bs),
        "label": jax.ShapeDtypeStruct((n, batch), jnp.int32, sharding=bs)}
   rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=rep)
-  return train.make_train_step(models, config, mesh).lower(st, b, rng).compile()
+  return train.make_train_step(models, config, mesh).lower(state, b, rng).compile()
 
 
 def g_forward_flops(config, models, state, batch: int) -> float:
@@ -63,12 +54,10 @@ def g_forward_flops(config, models, state, batch: int) -> float:
   import jax.numpy as jnp
   from sagan_jax import sampling
   m = config.model
-  var = {"params": state.g_params, "batch_stats": state.g_batch_stats,
-         "spectral": state.g_spectral}
   z = jax.ShapeDtypeStruct((batch, m.z_dim), jnp.float32)
   y = jax.ShapeDtypeStruct((batch,), jnp.int32) if m.num_classes else None
   fn = sampling.jitted_generate(models.generator)
-  return _flops(fn.lower(var, z, y).compile())
+  return _flops(fn.lower(state.g, z, y).compile())
 
 
 def _flops(compiled) -> float:
@@ -80,26 +69,26 @@ def _flops(compiled) -> float:
 
 def describe(config, batch: int | None = None, mesh_size: int = 0,
              compile_flops: bool = True) -> dict:
-  from sagan_jax import config_base, parallel
+  from sagan_jax import config_base, parallel, state as state_lib
   config_base.validate(config)
-  models, state = abstract_state(config)
-  rows = module_rows(state.g_params, "G") + module_rows(state.d_params, "D")
+  mesh = parallel.make_mesh(mesh_size) if compile_flops else None
+  models, state = state_lib.abstract_state(config, mesh)
+  rows = module_rows(state.g["params"], "G") + module_rows(state.d["params"], "D")
   width = max(len(r[0]) for r in rows)
   print(f"{'module':<{width}}  {'params':>14}")
   for name, n in rows:
     print(f"{name:<{width}}  {n:>14,}")
   info = {
       "config_resolution": config.model.resolution,
-      "generator_params": count(state.g_params),
-      "discriminator_params": count(state.d_params),
-      "generator_spectral_state": count(state.g_spectral),
-      "discriminator_spectral_state": count(state.d_spectral),
-      "generator_bn_state": count(state.g_batch_stats),
+      "generator_params": count(state.g["params"]),
+      "discriminator_params": count(state.d["params"]),
+      "generator_spectral_state": count(state.g["spectral"]),
+      "discriminator_spectral_state": count(state.d["spectral"]),
+      "generator_bn_state": count(state.g["batch_stats"]),
   }
   print(f"{'G total (trainable)':<{width}}  {info['generator_params']:>14,}")
   print(f"{'D total (trainable)':<{width}}  {info['discriminator_params']:>14,}")
   if compile_flops:
-    mesh = parallel.make_mesh(mesh_size)
     n_dev = mesh.devices.size
     batch = batch or config.batch_size
     parallel.check_batch_size(batch, mesh)
@@ -125,6 +114,7 @@ def describe(config, batch: int | None = None, mesh_size: int = 0,
   return info
 
 
+@utils.cli_main
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")

@@ -30,10 +30,12 @@ from __future__ import annotations
 import json
 import math
 import sys
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator
 
-from absl import app, flags
 import numpy as np
+from absl import app, flags
+
+from sagan_jax import utils
 
 FLAGS = flags.FLAGS
 
@@ -103,10 +105,11 @@ def define_flags() -> None:
 
 
 def _log(msg: str) -> None:
-  print(msg, file=sys.stderr, flush=True)
+  """Progress on stderr: stdout carries only the JSON result line."""
+  utils.say(msg, err=True)
 
 
-def _load_images_npz(path: str, what: str) -> tuple[np.ndarray, Optional[np.ndarray]]:
+def _load_images_npz(path: str, what: str) -> tuple[np.ndarray, np.ndarray | None]:
   with np.load(path) as f:
     if "images" not in f.files:
       raise app.UsageError(f"{what} {path}: needs an array 'images' [N, H, W, 3] "
@@ -125,14 +128,11 @@ def _take(images, labels, num: int):
   return images, labels
 
 
-def _samples() -> tuple[np.ndarray, Optional[np.ndarray]]:
+def _samples() -> tuple[np.ndarray, np.ndarray | None]:
   if FLAGS.samples:
     images, labels = _load_images_npz(FLAGS.samples, "--samples")
     return _take(images, labels, FLAGS.num_samples)
-  try:
-    from sagan_jax.sample import generate_samples
-  except ImportError as e:
-    raise app.UsageError(f"--workdir needs sagan_jax.sample.generate_samples ({e})")
+  from sagan_jax.sample import generate_samples
   _log(f"generating {FLAGS.num_samples} samples from {FLAGS.workdir} "
        f"(seed {FLAGS.seed}, ema {FLAGS.use_ema})")
   images, labels = generate_samples(FLAGS.workdir, FLAGS.num_samples, seed=FLAGS.seed,
@@ -222,7 +222,7 @@ def _compute_ref_stats() -> dict:
           "resize": FLAGS.resize, "weights": wsource}
 
 
-def _reference(extractor) -> Optional[tuple[np.ndarray, np.ndarray]]:
+def _reference(extractor) -> tuple[np.ndarray, np.ndarray] | None:
   from sagan_jax.evaluation import metrics
   if FLAGS.ref_stats:
     mu, sigma = metrics.load_stats(FLAGS.ref_stats)
@@ -285,6 +285,7 @@ def evaluate() -> dict:
   return result
 
 
+@utils.cli_main
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")

@@ -1,4 +1,4 @@
-"""Image helpers: [-1, 1] floats <-> uint8, grids, PNG files."""
+"""Image helpers: uint8 <-> [-1, 1] floats, grids, PNG files."""
 
 from __future__ import annotations
 
@@ -7,6 +7,11 @@ import io
 import numpy as np
 from etils import epath
 from PIL import Image
+
+
+def normalize(x):
+  """uint8 [0, 255] -> float32 [-1, 1] (a jax or numpy array; on device inside the step)."""
+  return x.astype(np.float32) / 127.5 - 1.0
 
 
 def to_uint8(x) -> np.ndarray:

@@ -11,7 +11,6 @@ Every hyperparameter is a `--config.<field>=<value>` override.
 from __future__ import annotations
 
 import os
-import sys
 
 # TensorFlow (used by clu's writers and the TFDS pipeline) stays quiet and off accelerators.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -33,29 +32,16 @@ def main(argv):
   if not FLAGS["verbosity"].present:
     # Progress goes to stdout; library INFO chatter (Orbax, clu) only with -v 0.
     logging.set_verbosity(logging.WARNING)
-  from sagan_jax import config_base, distributed
+  from sagan_jax import distributed, utils
   distributed.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
   import jax
   from sagan_jax import train
-  config = FLAGS.config
-  try:
-    config_base.validate(config)
-  except config_base.ConfigError as e:
-    logging.error("%s", e)
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  print(f"sagan_jax: JAX {jax.__version__}, {distributed.describe()}", flush=True)
-  from sagan_jax import checkpointing
-  from sagan_jax.data.errors import DataError
-  try:
-    train.train_and_evaluate(config, FLAGS.workdir)
-  except (DataError, checkpointing.CheckpointError, train.NonFiniteLossError) as e:
-    logging.error("%s", e)
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  utils.say("sagan_jax: JAX %s, %s", jax.__version__, distributed.describe())
+  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":
   from sagan_jax import distributed as _distributed
+  from sagan_jax import utils as _utils
   _distributed.define_flags()
-  app.run(main)
+  app.run(_utils.cli_main(main))

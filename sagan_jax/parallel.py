@@ -11,6 +11,8 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from sagan_jax.errors import ConfigError
+
 DATA = "data"
 
 
@@ -19,7 +21,7 @@ def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
   devices = jax.devices()
   if num_devices:
     if num_devices > len(devices):
-      raise ValueError(f"config.mesh.num_devices={num_devices} but only "
+      raise ConfigError(f"config.mesh.num_devices={num_devices} but only "
                        f"{len(devices)} devices are visible.")
     devices = devices[:num_devices]
   return jax.make_mesh((len(devices),), (DATA,), axis_types=(jax.sharding.AxisType.Auto,),
@@ -38,7 +40,7 @@ def batch_sharding(mesh, leading_axes: int = 0) -> NamedSharding:
 def check_batch_size(batch_size: int, mesh) -> None:
   n = mesh.devices.size
   if batch_size % n:
-    raise ValueError(f"config.batch_size={batch_size} is not divisible by the "
+    raise ConfigError(f"config.batch_size={batch_size} is not divisible by the "
                      f"{n} devices of the mesh; use a multiple of {n}.")
 
 

@@ -16,16 +16,14 @@ and `labels` (int32 N), classes balanced, for evaluation tools.
 
 from __future__ import annotations
 
-import functools
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
-from sagan_jax import checkpointing, exploration, images, parallel, train
-from sagan_jax.sampling import balanced_labels, generate_from_state, variables
+from sagan_jax import checkpointing, exploration, images, parallel, utils
+from sagan_jax.sampling import balanced_labels, generate_from_state
+from sagan_jax.state import abstract_state, generator_variables
 
 FLAGS = flags.FLAGS
 
@@ -33,13 +31,7 @@ FLAGS = flags.FLAGS
 def load_run(workdir: str, step: int | None = None):
   """(config, models, state) of a run's latest (or given) checkpoint, on one device."""
   config = checkpointing.read_config(workdir, step)
-  models = train.make_models(config)
-  mesh = parallel.make_mesh(1)
-  rep = parallel.replicated(mesh)
-  abstract = jax.eval_shape(functools.partial(train.init_state, models, config),
-                            jax.random.PRNGKey(0))
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep),
-                          abstract)
+  models, abstract = abstract_state(config, parallel.make_mesh(1))
   mngr = checkpointing.manager(workdir, create=False)
   step = mngr.latest_step() if step is None else step
   state = checkpointing.restore_state(mngr, step, abstract, workdir)
@@ -72,7 +64,7 @@ def write_interpolation(config, models, state, classes, use_ema):
                              use_ema, z=z)
   images.save_png(FLAGS.interpolate, images.make_grid(imgs, FLAGS.steps),
                   scale=FLAGS.scale or max(1, 128 // m.resolution))
-  print(f"wrote {FLAGS.interpolate}: {len(classes)} rows x {FLAGS.steps} interpolation steps")
+  utils.say(f"wrote {FLAGS.interpolate}: {len(classes)} rows x {FLAGS.steps} interpolation steps")
 
 
 def write_attention(config, models, state, classes, use_ema):
@@ -84,7 +76,7 @@ def write_attention(config, models, state, classes, use_ema):
   labels = np.asarray([classes[i % len(classes)] for i in range(n)], np.int32)
   z = exploration.truncated_z(jax.random.PRNGKey(FLAGS.seed), n, m.z_dim, FLAGS.truncation)
   out, maps = exploration.generate_with_attention(
-      models.generator, variables(state, use_ema), z,
+      models.generator, generator_variables(state, use_ema), z,
       jnp.asarray(labels) if m.num_classes else None)
   name = FLAGS.attention_layer or sorted(maps)[0]
   if name not in maps:
@@ -94,9 +86,10 @@ def write_attention(config, models, state, classes, use_ema):
   tiles = exploration.attention_sheet(images.to_uint8(out), np.asarray(maps[name]), queries)
   images.save_png(FLAGS.attention, images.make_grid(tiles, 1 + len(queries)),
                   scale=FLAGS.scale or max(1, 128 // m.resolution))
-  print(f"wrote {FLAGS.attention}: {n} samples x {len(queries)} query points, layer {name}")
+  utils.say(f"wrote {FLAGS.attention}: {n} samples x {len(queries)} query points, layer {name}")
 
 
+@utils.cli_main
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -105,11 +98,7 @@ def main(argv):
   if not (FLAGS.out or FLAGS.npz or FLAGS.interpolate or FLAGS.attention):
     raise app.UsageError("give --out grid.png, --npz samples.npz, --interpolate interp.png "
                          "or --attention attn.png")
-  try:
-    config, models, state = load_run(FLAGS.workdir, FLAGS.step)
-  except checkpointing.CheckpointError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  config, models, state = load_run(FLAGS.workdir, FLAGS.step)
   m = config.model
   use_ema = not FLAGS.no_ema
   if FLAGS.classes:
@@ -125,7 +114,7 @@ def main(argv):
                                FLAGS.batch_size, use_ema, FLAGS.truncation)
     grid = images.make_grid(imgs, FLAGS.per_class)
     images.save_png(FLAGS.out, grid, scale=FLAGS.scale or max(1, 128 // m.resolution))
-    print(f"wrote {FLAGS.out}: {len(classes)} classes x {FLAGS.per_class} samples, "
+    utils.say(f"wrote {FLAGS.out}: {len(classes)} classes x {FLAGS.per_class} samples, "
           f"step {int(state.step)}, {'EMA' if use_ema else 'raw'} generator")
   if FLAGS.interpolate:
     write_interpolation(config, models, state, classes, use_ema)
@@ -137,7 +126,7 @@ def main(argv):
                                FLAGS.batch_size, use_ema)
     with open(FLAGS.npz, "wb") as f:
       np.savez(f, images=imgs, labels=labels)
-    print(f"wrote {FLAGS.npz}: images {imgs.shape} uint8, labels {labels.shape}")
+    utils.say(f"wrote {FLAGS.npz}: images {imgs.shape} uint8, labels {labels.shape}")
 
 
 if __name__ == "__main__":

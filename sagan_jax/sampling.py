@@ -1,4 +1,9 @@
-"""Generating images from a train state: EMA or raw G, eval mode, fixed batches."""
+"""Generating images from a train state: EMA or raw G, eval mode, fixed batch shapes.
+
+Used by the train loop (progress grids, evaluators), `sample`, `evaluate` and
+`describe`; one jitted generator per model is cached, so evaluations during
+training do not recompile.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import numpy as np
 
 from sagan_jax import exploration, images
 from sagan_jax.models import sagan
+from sagan_jax.state import generator_variables
 
 
 def generate(generator: sagan.Generator, variables: dict, z: jax.Array,
@@ -20,22 +26,8 @@ def generate(generator: sagan.Generator, variables: dict, z: jax.Array,
 
 @functools.lru_cache(maxsize=8)
 def jitted_generate(generator: sagan.Generator):
-  """jit(generate) for one generator, cached: evaluations during training reuse it."""
+  """jit(generate) for one generator, cached."""
   return jax.jit(functools.partial(generate, generator))
-
-
-def ema_variables(state) -> dict:
-  """The EMA generator's variables of a TrainState."""
-  return {"params": state.ema_params, "batch_stats": state.ema_batch_stats,
-          "spectral": state.ema_spectral}
-
-
-def variables(state, use_ema: bool) -> dict:
-  """G's variables of a TrainState: the EMA copy, or the raw G."""
-  if use_ema:
-    return ema_variables(state)
-  return {"params": state.g_params, "batch_stats": state.g_batch_stats,
-          "spectral": state.g_spectral}
 
 
 def generate_from_state(config, models, state, labels: np.ndarray, seed: int = 0,
@@ -44,7 +36,7 @@ def generate_from_state(config, models, state, labels: np.ndarray, seed: int = 0
                         ) -> np.ndarray:
   """uint8 [N, H, W, 3] images for the given labels (noise from `seed`, or `z`)."""
   gen = jitted_generate(models.generator)
-  var = variables(state, use_ema)
+  var = generator_variables(state, use_ema)
   m = config.model
   out = []
   key = jax.random.PRNGKey(seed)
@@ -66,3 +58,13 @@ def generate_from_state(config, models, state, labels: np.ndarray, seed: int = 0
 def balanced_labels(num: int, num_classes: int) -> np.ndarray:
   """0, 1, ..., K-1, 0, 1, ... (equal counts per class)."""
   return (np.arange(num) % max(num_classes, 1)).astype(np.int32)
+
+
+def grid_inputs(config, n_per_class: int = 10, max_classes: int = 10
+                ) -> tuple[jax.Array, np.ndarray, int]:
+  """Fixed (z, labels, columns) for the progress grids: a row per class."""
+  m = config.model
+  rows = min(m.num_classes, max_classes) if m.num_classes else max_classes
+  labels = np.repeat(np.arange(rows), n_per_class).astype(np.int32)
+  z = jax.random.normal(jax.random.PRNGKey(config.seed + 12345), (labels.size, m.z_dim))
+  return z, labels, n_per_class

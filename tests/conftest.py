@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 import tempfile
@@ -28,18 +27,11 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def load_config(name: str, **overrides):
-  """configs/<name>.py's get_config() with dotted-key overrides."""
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  c = mod.get_config()
-  for key, value in overrides.items():
-    node = c
-    parts = key.split("__")
-    for p in parts[:-1]:
-      node = node[p]
-    node[parts[-1]] = value
-  return c
+  """configs/<name>.py[:variant]'s config; keyword overrides use '__' for '.' (model__ch=8)."""
+  from sagan_jax import config_base
+  return config_base.load(os.path.join(ROOT, "configs", name.replace(":", ".py:", 1)
+                                       if ":" in name else f"{name}.py"),
+                          {k.replace("__", "."): v for k, v in overrides.items()})
 
 
 def data_config(source, *, resolution, num_classes, batch_size=4, **data):

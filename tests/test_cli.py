@@ -131,14 +131,14 @@ def test_sample_without_checkpoint_says_so(tmp_path):
 
 
 @pytest.mark.parametrize("config,g,d", [
-    ("imagenet128", 42_017_412, 39_448_258),
-    ("imagenet128_official", 42_078_852, 39_463_618),
+    ("imagenet128.py", 42_017_412, 39_448_258),
+    ("imagenet128.py:official", 42_078_852, 39_463_618),
 ])
 def test_describe_prints_paper_parameter_counts(config, g, d):
-  p = run("sagan_jax.describe", "--config", f"configs/{config}.py", "--no_compile")
+  p = run("sagan_jax.describe", "--config", f"configs/{config}", "--no_compile")
   info = json.loads(p.stdout.strip().splitlines()[-1])
   assert info["generator_params"] == g and info["discriminator_params"] == d
-  assert "G/attention64" in p.stdout if config == "imagenet128" else "G/attention32" in p.stdout
+  assert "G/attention64" in p.stdout if config == "imagenet128.py" else "G/attention32" in p.stdout
 
 
 def test_describe_reports_flops_and_memory():

@@ -47,7 +47,7 @@ def test_unconditional_model_has_no_class_tables():
 
 @pytest.mark.parametrize("config,g,d", [
     ("imagenet128", 42_017_412, 39_448_258),
-    ("imagenet128_official", 42_078_852, 39_463_618),
+    ("imagenet128:official", 42_078_852, 39_463_618),
 ])
 def test_paper_parameter_counts(config, g, d):
   m = load_config(config).model

@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 
 from sagan_jax import checkpointing, parallel, train
+from sagan_jax import state as state_lib
 from tests.conftest import free_port, load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,7 +48,7 @@ WORKER = textwrap.dedent("""
 
     import numpy as np
     from flax import traverse_util
-    from sagan_jax import images, train
+    from sagan_jax import images, train, utils
     from tests.conftest import load_config  # also shares the compile cache
 
     # Record what the loop does without changing it.
@@ -75,13 +76,13 @@ WORKER = textwrap.dedent("""
     t_done = time.time()
     host = jax.device_get(state)
     arrays = {}
-    for name in ("g_params", "d_params"):
-      for k, v in traverse_util.flatten_dict(getattr(host, name), sep="/").items():
+    for name in ("g", "d"):
+      for k, v in traverse_util.flatten_dict(getattr(host, name)["params"], sep="/").items():
         arrays[f"{name}/{k}"] = np.asarray(v)
     np.savez(out, **arrays)
     # The multi-process preemption poll (allgather of the SIGTERM flags): a
     # request seen by process 1 alone stops both.
-    with train._Preemption() as preempt:
+    with utils.Preemption() as preempt:
       polled = preempt.should_stop(10)
       preempt.requested = pid == 1
       agreed = preempt.should_stop(20)
@@ -155,13 +156,13 @@ def _flat_params(state) -> dict[str, np.ndarray]:
   from flax import traverse_util
   host = jax.device_get(state)
   out = {}
-  for name in ("g_params", "d_params"):
-    for k, v in traverse_util.flatten_dict(getattr(host, name), sep="/").items():
+  for name in ("g", "d"):
+    for k, v in traverse_util.flatten_dict(getattr(host, name)["params"], sep="/").items():
       out[f"{name}/{k}"] = np.asarray(v)
   return out
 
 
-def _reference(workdir: str, monkeypatch) -> tuple[train.TrainState, list[dict]]:
+def _reference(workdir: str, monkeypatch) -> tuple[state_lib.TrainState, list[dict]]:
   """One process, 2 virtual devices: the same global batches and mesh size."""
   history = []
   real = train.make_train_step
@@ -245,7 +246,7 @@ def test_two_process_training_matches_one_process(tmp_path, monkeypatch):
   assert ckpt.latest_step() == STEPS
   assert checkpointing.read_config(str(shared)).total_steps == STEPS
   mesh = parallel.make_mesh(2)
-  template = train.create_state(train.make_models(config), config, mesh)
+  _, template = state_lib.abstract_state(config, mesh)
   restored = ckpt.restore_latest(template)
   assert int(restored.step) == STEPS
   got = _flat_params(restored)

@@ -1,8 +1,8 @@
 """bfloat16 compute vs float32: same answers to bf16 accuracy, fp32 state.
 
-DESIGN.md section 5: bf16 activations/matmuls with float32 parameters and
-optimiser state; the SN power iteration and the attention softmax stay in
-float32. With the same seed the two modes start from identical states, so
+bf16 activations/matmuls with float32 parameters and optimiser state; the
+SN power iteration and the attention softmax stay in float32
+(docs/architecture.md, "Precision"). With the same seed the two modes start from identical states, so
 their forward passes and first train step differ only by rounding.
 """
 
@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sagan_jax import data, parallel, train
+from sagan_jax import data, images, parallel, train
+from sagan_jax import state as state_lib
 from tests.conftest import load_config
 
 
@@ -34,19 +35,16 @@ def setup():
   out = {}
   for dtype in ("float32", "bfloat16"):
     config = _config(dtype)
-    models = train.make_models(config)
-    state = train.create_state(models, config, mesh)
+    models = state_lib.make_models(config)
+    state = state_lib.create_state(models, config, mesh)
     init = jax.device_get(state)
     m = config.model
     z = jax.random.normal(jax.random.PRNGKey(3), (16, m.z_dim), jnp.float32)
     y = jnp.arange(16, dtype=jnp.int32) % m.num_classes
-    g_vars = {"params": state.g_params, "batch_stats": state.g_batch_stats,
-              "spectral": state.g_spectral}
-    fake = models.generator.apply(g_vars, z, y, train=False)
+    fake = models.generator.apply(state.g, z, y, train=False)
     batch = _batch(config)
-    real = train.normalize_images(jnp.asarray(batch["image"][0]))
-    d_vars = {"params": state.d_params, "spectral": state.d_spectral}
-    d_out = models.discriminator.apply(d_vars, real, jnp.asarray(batch["label"][0]),
+    real = images.normalize(jnp.asarray(batch["image"][0]))
+    d_out = models.discriminator.apply(state.d, real, jnp.asarray(batch["label"][0]),
                                        update_sn=False)
     step_fn = train.make_train_step(models, config, mesh)
     rng = jax.device_put(np.asarray(jax.random.PRNGKey(7)), parallel.replicated(mesh))
@@ -112,14 +110,14 @@ def test_bf16_state_stays_float32(setup, when):
   bad = [(name, v.dtype) for name, v in floats if v.dtype != np.float32]
   assert not bad, bad
   # Optimiser moments (mu, nu) and the EMA copy are float32 and shaped like the params.
-  for opt, params in ((state.g_opt_state, state.g_params), (state.d_opt_state, state.d_params)):
+  for opt, params in ((state.opt["g"], state.g["params"]), (state.opt["d"], state.d["params"])):
     n_params = len(jax.tree.leaves(params))
     opt_floats = _float_leaves(opt)
     assert len(opt_floats) == 2 * n_params  # Adam: mu and nu per parameter
     assert all(v.dtype == np.float32 for _, v in opt_floats)
-  assert all(v.dtype == np.float32 for _, v in _float_leaves(state.ema_params))
+  assert all(v.dtype == np.float32 for _, v in _float_leaves(state.ema["params"]))
   # Spectral-norm state: u vectors and sigmas, float32, in G, D and the EMA copy.
-  for spectral in (state.g_spectral, state.d_spectral, state.ema_spectral):
+  for spectral in (state.g["spectral"], state.d["spectral"], state.ema["spectral"]):
     leaves = jax.tree_util.tree_flatten_with_path(spectral)[0]
     names = {getattr(p[-1], "key", None) for p, _ in leaves}
     assert names == {"u", "sigma"}, names
@@ -131,6 +129,7 @@ def test_bf16_state_stays_float32(setup, when):
 def test_bf16_step_advances_the_state(setup):
   before, after = setup["bfloat16"]["init"], setup["bfloat16"]["state1"]
   assert int(after.step) == 1
-  for name in ("g_params", "d_params", "d_spectral", "g_spectral"):
+  for net, coll in (("g", "params"), ("d", "params"), ("d", "spectral"), ("g", "spectral")):
+    a, b = getattr(before, net)[coll], getattr(after, net)[coll]
     assert any(not np.array_equal(x, y) for x, y in
-               zip(jax.tree.leaves(getattr(before, name)), jax.tree.leaves(getattr(after, name)))), name
+               zip(jax.tree.leaves(a), jax.tree.leaves(b))), (net, coll)

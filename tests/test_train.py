@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sagan_jax import checkpointing, config_base, data, parallel, train
+from sagan_jax import checkpointing, config_base, data, errors, parallel, train, utils
+from sagan_jax import state as state_lib
 from tests.conftest import load_config
 
 
@@ -21,8 +22,8 @@ def _batches(config, n, start_batch=0):
 
 
 def _run_steps(config, mesh, n):
-  models = train.make_models(config)
-  state = train.create_state(models, config, mesh)
+  models = state_lib.make_models(config)
+  state = state_lib.create_state(models, config, mesh)
   step_fn = train.make_train_step(models, config, mesh)
   rng = jax.device_put(np.asarray(jax.random.PRNGKey(7)), parallel.replicated(mesh))
   history = []
@@ -39,8 +40,8 @@ def _leaves_close(a, b, rtol, atol):
 
 def test_one_step_updates_everything(tiny_config):
   mesh = parallel.make_mesh(1)
-  models = train.make_models(tiny_config)
-  state0 = jax.device_get(train.create_state(models, tiny_config, mesh))
+  models = state_lib.make_models(tiny_config)
+  state0 = jax.device_get(state_lib.create_state(models, tiny_config, mesh))
   state1, hist, _ = _run_steps(tiny_config, mesh, 1)
   state1 = jax.device_get(state1)
   m = hist[0]
@@ -50,13 +51,13 @@ def test_one_step_updates_everything(tiny_config):
   assert any(k.startswith("gamma/G/") for k in m) and any(k.startswith("gamma/D/") for k in m)
   changed = lambda a, b: any(not np.array_equal(x, y)  # noqa: E731
                              for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-  assert changed(state0.g_params, state1.g_params)
-  assert changed(state0.d_params, state1.d_params)
-  assert changed(state0.d_spectral, state1.d_spectral)  # D's u advanced
-  assert changed(state0.g_spectral, state1.g_spectral)  # G's u advanced in the G step
-  assert changed(state0.g_batch_stats, state1.g_batch_stats)
+  assert changed(state0.g["params"], state1.g["params"])
+  assert changed(state0.d["params"], state1.d["params"])
+  assert changed(state0.d["spectral"], state1.d["spectral"])  # D's u advanced
+  assert changed(state0.g["spectral"], state1.g["spectral"])  # G's u advanced in the G step
+  assert changed(state0.g["batch_stats"], state1.g["batch_stats"])
   # Before ema.start_step the EMA copy equals G exactly.
-  _leaves_close(state1.ema_params, state1.g_params, 0, 0)
+  _leaves_close(state1.ema["params"], state1.g["params"], 0, 0)
   # The hinge D loss is bounded below by 0; with D(x) and D(G(z)) it is consistent.
   assert m["d_loss"] >= 0
 
@@ -64,14 +65,14 @@ def test_one_step_updates_everything(tiny_config):
 def test_ema_decays_after_start():
   config = load_config("tiny", ema__start_step=0, ema__decay=0.75)
   mesh = parallel.make_mesh(1)
-  models = train.make_models(config)
-  state0 = jax.device_get(train.create_state(models, config, mesh))
+  models = state_lib.make_models(config)
+  state0 = jax.device_get(state_lib.create_state(models, config, mesh))
   state1, _, _ = _run_steps(config, mesh, 1)
   state1 = jax.device_get(state1)
-  expect = jax.tree.map(lambda e, p: 0.75 * e + 0.25 * p, state0.ema_params, state1.g_params)
-  _leaves_close(state1.ema_params, expect, 1e-6, 1e-7)
+  expect = jax.tree.map(lambda e, p: 0.75 * e + 0.25 * p, state0.ema["params"], state1.g["params"])
+  _leaves_close(state1.ema["params"], expect, 1e-6, 1e-7)
   # The EMA's SN vectors follow the EMA weights, not the live G's.
-  sig = [float(v) for p, v in jax.tree_util.tree_flatten_with_path(state1.ema_spectral)[0]
+  sig = [float(v) for p, v in jax.tree_util.tree_flatten_with_path(state1.ema["spectral"])[0]
          if p[-1].key == "sigma"]
   assert all(np.isfinite(sig)) and min(sig) > 0
 
@@ -95,16 +96,16 @@ def test_one_vs_four_devices_same_losses(tiny_config):
   # Adam moves each weight by at most ~lr per step whatever the gradient's size, so
   # near-zero gradients whose sign depends on reduction order may differ by that much.
   atol = 3 * tiny_config.optim.d_lr
-  _leaves_close(jax.device_get(s1.g_params), jax.device_get(s4.g_params), 1e-3, atol)
-  _leaves_close(jax.device_get(s1.d_params), jax.device_get(s4.d_params), 1e-3, atol)
+  _leaves_close(jax.device_get(s1.g["params"]), jax.device_get(s4.g["params"]), 1e-3, atol)
+  _leaves_close(jax.device_get(s1.d["params"]), jax.device_get(s4.d["params"]), 1e-3, atol)
 
 
 def test_n_critic_two_runs_two_d_updates():
   config = load_config("tiny", optim__n_critic=2)
   state, hist, _ = _run_steps(config, parallel.make_mesh(1), 1)
-  count = jax.tree.leaves(jax.device_get(state.d_opt_state))[0]
+  count = jax.tree.leaves(jax.device_get(state.opt["d"]))[0]
   assert int(count) == 2  # Adam's update counter of D
-  assert int(jax.tree.leaves(jax.device_get(state.g_opt_state))[0]) == 1
+  assert int(jax.tree.leaves(jax.device_get(state.opt["g"]))[0]) == 1
 
 
 def test_resume_gives_same_parameters(tmp_path):
@@ -116,9 +117,10 @@ def test_resume_gives_same_parameters(tmp_path):
   assert checkpointing.Checkpointer(str(tmp_path / "b"), config).latest_step() == 2
   resumed = jax.device_get(train.train_and_evaluate(config, str(tmp_path / "b"), mesh=mesh))
   assert int(resumed.step) == 4
-  for name in ("g_params", "d_params", "ema_params", "g_batch_stats", "d_spectral",
-               "g_opt_state", "d_opt_state"):
-    _leaves_close(getattr(full, name), getattr(resumed, name), 1e-6, 1e-7)
+  for part in (lambda s: s.g["params"], lambda s: s.d["params"], lambda s: s.ema["params"],
+               lambda s: s.g["batch_stats"], lambda s: s.d["spectral"], lambda s: s.opt["g"],
+               lambda s: s.opt["d"]):
+    _leaves_close(part(full), part(resumed), 1e-6, 1e-7)
   assert os.path.exists(tmp_path / "a" / "samples" / "step_0000004.png")
 
 
@@ -147,9 +149,9 @@ def test_corrupt_checkpoint_gives_clear_error(tmp_path):
 
 
 def test_nonfinite_loss_stops_with_message():
-  with pytest.raises(train.NonFiniteLossError, match="step 7.*last good checkpoint \\(step 5\\)"):
-    train._check_finite({"d_loss": float("nan"), "g_loss": 1.0}, 7, 5, "/w")
-  train._check_finite({"d_loss": 0.5}, 7, 5, "/w")  # finite: no error
+  with pytest.raises(errors.NonFiniteLossError, match="step 7.*last good checkpoint \\(step 5\\)"):
+    utils.check_finite({"d_loss": float("nan"), "g_loss": 1.0}, 7, 5, "/w")
+  utils.check_finite({"d_loss": 0.5}, 7, 5, "/w")  # finite: no error
 
 
 def test_nan_in_training_is_caught(tmp_path, monkeypatch):
@@ -162,7 +164,7 @@ def test_nan_in_training_is_caught(tmp_path, monkeypatch):
     return new_state, {**metrics, "d_loss": metrics["d_loss"] + bad}
 
   monkeypatch.setattr(train, "train_step", poisoned)
-  with pytest.raises(train.NonFiniteLossError, match="step 2"):
+  with pytest.raises(errors.NonFiniteLossError, match="step 2"):
     train.train_and_evaluate(config, str(tmp_path), mesh=parallel.make_mesh(1))
   # The good step-1 checkpoint is kept, the bad state was never saved.
   assert checkpointing.Checkpointer(str(tmp_path), config).latest_step() == 1
@@ -189,7 +191,7 @@ def test_bad_config_names_the_field(field, value, message):
 def test_batch_not_divisible_by_devices():
   if len(jax.devices()) < 4:
     pytest.skip("needs 4 devices")
-  with pytest.raises(ValueError, match="not divisible by the 4 devices"):
+  with pytest.raises(errors.ConfigError, match="not divisible by the 4 devices"):
     parallel.check_batch_size(6, parallel.make_mesh(4))
 
 
@@ -202,7 +204,9 @@ def test_in_training_eval_logs_and_keeps_best(tmp_path):
 
 
 def test_fid_eval_without_reference_stats_is_refused():
-  from sagan_jax.evaluation import training_eval
+  from sagan_jax.evaluation import evaluators
   config = load_config("tiny", eval_every=2, eval__metric="fid")
-  with pytest.raises(ValueError, match="eval.ref_stats"):
-    training_eval.make(config)
+  with pytest.raises(errors.ConfigError, match="eval.ref_stats"):
+    evaluators.make(config, state_lib.make_models(config), parallel.make_mesh(1))
+  with pytest.raises(errors.ConfigError, match="eval.ref_stats"):
+    config_base.validate(config)  # refused before anything is built

@@ -36,8 +36,6 @@ generator matching its training data scores frechet ~0 and diversity ~1 (see
 from __future__ import annotations
 
 import functools
-from typing import Optional
-
 import numpy as np
 
 from sagan_jax.evaluation.metrics import GaussianStats, frechet_distance
@@ -150,12 +148,9 @@ def _reference_from_images(key, ref_images, ref_labels):
 
 
 def _pipeline_digits(resolution: int):
-  """The demo's training images at this resolution (sagan_jax.data.digits), if available."""
-  try:
-    from sagan_jax.data import digits as digits_data
-    return digits_data.load(resolution)
-  except Exception:  # the data module is optional here; fall back to raw 8x8 digits
-    return None
+  """The demo's training images at this resolution (sagan_jax.data.digits)."""
+  from sagan_jax.data import digits as digits_data
+  return digits_data.load(resolution)
 
 
 def _reference(reference, images: np.ndarray):
@@ -166,8 +161,7 @@ def _reference(reference, images: np.ndarray):
     reference = None
     if images.ndim == 4 and images.shape[1] == images.shape[2] and images.shape[1] != 8:
       loaded = _pipeline_digits(int(images.shape[1]))
-      if loaded is not None:
-        return _reference_from_images(("pipeline", int(images.shape[1])), *loaded)
+      return _reference_from_images(("pipeline", int(images.shape[1])), *loaded)
   if reference is None:
     stats, spread = _default_reference()
     return stats, list(spread)
@@ -205,8 +199,8 @@ def digits_score(images: np.ndarray, labels: np.ndarray, invert: bool = False,
   (ref_mu, ref_sigma), spread = _reference(reference, np.asarray(images))
   pred = clf.predict(x8 / 16.0)
   correct = pred == labels
-  per_class_acc: list[Optional[float]] = []
-  per_class_div: list[Optional[float]] = []
+  per_class_acc: list[float | None] = []
+  per_class_div: list[float | None] = []
   for c in range(NUM_CLASSES):
     m = labels == c
     per_class_acc.append(float(correct[m].mean()) if m.any() else None)

@@ -20,7 +20,6 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
 
 import numpy as np
 import scipy.linalg
@@ -29,11 +28,11 @@ import scipy.linalg
 class GaussianStats:
   """Streaming float64 mean and covariance of feature vectors."""
 
-  def __init__(self, dim: Optional[int] = None):
+  def __init__(self, dim: int | None = None):
     self.n = 0
     self.dim = dim
-    self.mean: Optional[np.ndarray] = None
-    self._m2: Optional[np.ndarray] = None   # sum of centred outer products
+    self.mean: np.ndarray | None = None
+    self._m2: np.ndarray | None = None   # sum of centred outer products
 
   def update(self, x: np.ndarray) -> "GaussianStats":
     x = np.asarray(x, np.float64)
@@ -116,7 +115,7 @@ def _psd_factor(s: np.ndarray) -> np.ndarray:
 
 
 def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray,
-                       factor1: Optional[np.ndarray] = None) -> float:
+                       factor1: np.ndarray | None = None) -> float:
   """tr(sqrt(sigma1 @ sigma2)) for PSD matrices.
 
   For any R with R R^T = sigma1, R^T sigma2 R is symmetric PSD and has the
@@ -199,8 +198,8 @@ def inception_score(logits: np.ndarray, splits: int = 10) -> tuple[float, float]
 class Features:
   """What one pass over images produced."""
   stats: GaussianStats
-  logits: Optional[np.ndarray] = None       # [N, 1008] (unbiased or biased, see is_logits)
-  pool3: Optional[np.ndarray] = None        # [N, 2048] when kept
+  logits: np.ndarray | None = None       # [N, 1008] (unbiased or biased, see is_logits)
+  pool3: np.ndarray | None = None        # [N, 2048] when kept
 
   @property
   def num_images(self) -> int:
@@ -228,7 +227,7 @@ def compute_features(extractor, images, *, keep_pool3: bool = False,
       pool3=np.concatenate(pool3) if keep_pool3 and pool3 else None)
 
 
-def metrics_from_features(feats: Features, ref: Optional[tuple[np.ndarray, np.ndarray]],
+def metrics_from_features(feats: Features, ref: tuple[np.ndarray, np.ndarray] | None,
                           splits: int = 10) -> dict:
   """{'fid', 'is_mean', 'is_std', 'num_samples'}; None where not computable."""
   out = {"fid": None, "is_mean": None, "is_std": None, "num_samples": feats.num_images}
@@ -246,15 +245,15 @@ class Evaluator:
       ev.evaluate(images_uint8)   # {'fid': ..., 'is_mean': ..., 'is_std': ..., 'num_samples': ...}
   """
 
-  def __init__(self, extractor, ref: Optional[tuple[np.ndarray, np.ndarray]] = None,
+  def __init__(self, extractor, ref: tuple[np.ndarray, np.ndarray] | None = None,
                splits: int = 10):
     self.extractor = extractor
     self.ref = ref
     self.splits = splits
 
   @classmethod
-  def create(cls, ref_stats: Optional[str] = None, *, weights: Optional[str] = None,
-             weights_cache: Optional[str] = None, mesh=None, batch_size: int = 0,
+  def create(cls, ref_stats: str | None = None, *, weights: str | None = None,
+             weights_cache: str | None = None, mesh=None, batch_size: int = 0,
              resize_mode: str = "bilinear", splits: int = 10) -> "Evaluator":
     from sagan_jax.evaluation import inception, weights as weights_lib
     params, has_fc, _ = weights_lib.load_inception_params(weights, weights_cache)
