@@ -8,8 +8,8 @@ Every number this prints is an ESTIMATE built from the assumptions below:
 
 - Work: ~160 GFLOP per image per 1:1 iteration (D step on real + fake with its
   backward pass, G step through D; from the model's ~9.2 GMAC G and ~4.7 GMAC
-  D forward passes, see DESIGN.md section 2), batch 256 -> ~41 TFLOP per
-  iteration; the paper trained 1M iterations.
+  D forward passes), batch 256 -> ~41 TFLOP per iteration; the paper
+  trained 1M iterations.
 - Speed: the chips' dense bf16 peak times an assumed model-FLOPs utilisation
   (MFU, default 35%), the same for every chip. Nothing here was measured;
   this GAN (batch norm, spectral norm, attention, narrow early layers) may

@@ -119,10 +119,12 @@ def test_slurm_one_task_per_node_sees_all_local_devices():
   assert p.kwargs["coordinator_address"] == "rack1-n07-ib:7777"
 
 
-def test_slurm_single_task_or_outside_srun_is_skipped():
+def test_slurm_single_task_or_outside_srun_is_skipped(caplog):
   assert not plan({**SLURM_STEP, "SLURM_NTASKS": "1"}).init
   batch = {k: v for k, v in SLURM_STEP.items() if k != "SLURM_STEP_NODELIST"}
-  assert not plan(batch).init  # python run directly in the sbatch script
+  with caplog.at_level("WARNING"):
+    assert not plan(batch).init  # python run directly in the sbatch script
+  assert "not inside `srun` (no SLURM_STEP_NODELIST)" in caplog.text
 
 
 @pytest.mark.parametrize("nodelist,first", [
@@ -151,67 +153,22 @@ def test_cloud_tpu_environment_variables():
   assert plan({"TPU_WORKER_HOSTNAMES": "t-0,t-1,t-2,t-3", "TPU_WORKER_ID": "2"}).init
   assert plan({"MEGASCALE_NUM_SLICES": "2"}).init
   assert plan({"MEGASCALE_COORDINATOR_ADDRESS": "10.0.0.2"}).init
+  # A one-host worker list says there is one process, even on a TPU VM.
   assert not plan({"TPU_WORKER_HOSTNAMES": "localhost", "TPU_WORKER_ID": "0"},
-                  on_tpu_vm=True, tpu_worker_count=lambda: 4).init
+                  on_tpu_vm=True).init
 
 
-def test_cloud_tpu_vm_metadata():
-  calls = []
-
-  def count(n):
-    def f():
-      calls.append(n)
-      return n
-    return f
-
-  p = plan({}, on_tpu_vm=True, tpu_worker_count=count(4))  # v4-32: 4 hosts
+def test_cloud_tpu_vm_leaves_the_host_count_to_jax():
+  # No worker list (a gcloud ssh --worker=all launch): JAX reads the metadata
+  # server, for a pod slice and a single host alike.
+  p = plan({}, on_tpu_vm=True)
   assert p.init and p.kwargs == {}
-  assert not plan({}, on_tpu_vm=True, tpu_worker_count=count(1)).init  # v4-8
-  assert not plan({}, on_tpu_vm=True, tpu_worker_count=count(None)).init  # no answer
-  assert plan({"SAGAN_JAX_DISTRIBUTED": "on"}, on_tpu_vm=True,
-              tpu_worker_count=count(None)).init
-  assert calls == [4, 1, None, None]
-  plan({}, on_tpu_vm=False, tpu_worker_count=count(8))  # not a TPU VM: not asked
-  assert calls == [4, 1, None, None]
-
-
-def test_tpu_worker_count_from_a_fake_metadata_server(monkeypatch):
-  import http.server
-  import threading
-
-  answers = {
-      "worker-network-endpoints": "t1v-n-0:0:10.0.0.2,t1v-n-1:1:10.0.0.3",
-      "tpu-env": "ACCELERATOR_TYPE: 'v4-16'\nMEGASCALE_NUM_SLICES: '2'\nWORKER_ID: '0'\n",
-  }
-  seen_headers = []
-
-  class Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802
-      seen_headers.append(self.headers.get("Metadata-Flavor"))
-      key = self.path.rsplit("/", 1)[-1]
-      body = answers.get(key)
-      self.send_response(200 if body is not None else 404)
-      self.end_headers()
-      self.wfile.write((body or "").encode())
-
-    def log_message(self, *args):
-      pass
-
-  server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-  thread = threading.Thread(target=server.serve_forever, daemon=True)
-  thread.start()
-  try:
-    monkeypatch.setenv("GCE_METADATA_IP", f"127.0.0.1:{server.server_port}")
-    assert distributed._tpu_worker_count_from_metadata() == 4  # 2 hosts x 2 slices
-    answers.pop("tpu-env")
-    assert distributed._tpu_worker_count_from_metadata() == 2
-    assert set(seen_headers) == {"Google"}
-  finally:
-    server.shutdown()
-    server.server_close()
-  # Nobody listening: unknown, not an exception.
-  monkeypatch.setenv("GCE_METADATA_IP", f"127.0.0.1:{free_port()}")
-  assert distributed._tpu_worker_count_from_metadata() is None
+  assert not plan({"SAGAN_JAX_DISTRIBUTED": "off"}, on_tpu_vm=True).init
+  assert not plan({}, on_tpu_vm=False).init
+  # Flags and launchers still come first.
+  assert not plan({}, None, 1, None, on_tpu_vm=True).init
+  p = plan({**SLURM_STEP, "SLURM_STEP_TASKS_PER_NODE": "1(x4)"}, on_tpu_vm=True)
+  assert p.kwargs["cluster_detection_method"] == "deactivate"
 
 
 # ------------------------------------------------- in-process, single host
