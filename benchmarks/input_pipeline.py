@@ -2,9 +2,10 @@ r"""Input-pipeline throughput on this CPU, and the CPU a TPU chip needs to stay 
 
   python benchmarks/input_pipeline.py [--images 300] [--seconds 5] [--trials 3]
 
-Writes synthetic ImageNet-like JPEGs (500x375, quality 90, ~95 KB; an average ImageNet file is ~110 KB, smooth
-content plus noise) to a temporary class-subfolder tree and runs the real
-training pipeline over them (`sagan_jax.data.tfds_source.train_dataset`,
+Writes synthetic ImageNet-like JPEGs (500x375, quality 90, ~95 KB; an average
+ImageNet file is ~110 KB, smooth content plus noise) to a temporary
+class-subfolder tree and runs the real
+training pipeline over them (`sagan_jax.data.pipeline.train_dataset`,
 source 'folder': read, JPEG decode of the crop window, random square crop of
 the short side, antialiased bilinear resize to 128x128, random flip, batch 64).
 Files sit in the page cache, so this is the decode/transform CPU cost, not
@@ -14,7 +15,7 @@ process used (the per-core cost, robust to other jobs on the machine); the
 median of --trials runs counts.
 
 Then: images/s a TPU chip consumes at 128x128 SAGAN (one 1:1 iteration ~160
-GFLOP per image, ~41 TFLOP per batch-256 iteration; see DESIGN.md) at an
+GFLOP per image, ~41 TFLOP per batch-256 iteration) at an
 assumed 40% MFU of the bf16 peak, and so how many such CPU cores one chip and
 one TPU host need. Prints one JSON line; docs/performance_input.md has the
 numbers of a run and the reasoning.
@@ -64,9 +65,8 @@ def write_jpegs(root: str, n: int, classes: int = 10) -> float:
 
 def measure(config, threads: int | None, seconds: float) -> tuple[float, float]:
   """(images per wall-clock second, images per CPU-second this process used)."""
-  from sagan_jax.data import tfds_source
-  ds, *_ = tfds_source.train_dataset(config, threads=threads)
-  it = iter(ds)
+  from sagan_jax.data import pipeline
+  it = iter(pipeline.train_dataset(config, threads=threads).dataset)
   for _ in range(3):  # warm-up: tracing, autotune, thread start
     next(it)
   n, t0, c0 = 0, time.perf_counter(), time.process_time()

@@ -153,13 +153,7 @@ def _batch_images(batch: Any) -> np.ndarray:
 
 
 def _dataset_images(num: int) -> Iterator[np.ndarray]:
-  try:
-    from sagan_jax.data import tfds_source
-    make_eval_iterator = tfds_source.make_eval_iterator
-  except (ImportError, AttributeError) as e:
-    raise app.UsageError(
-        f"--config needs sagan_jax.data.tfds_source.make_eval_iterator ({e}); "
-        "use --ref_images FILE.npz instead")
+  from sagan_jax.data.pipeline import make_eval_iterator
   config = FLAGS.config
   for batch in make_eval_iterator(config, FLAGS.split, FLAGS.batch_size, num):
     images = _batch_images(batch)

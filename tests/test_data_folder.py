@@ -1,18 +1,16 @@
-"""The image-folder input pipeline (sagan_jax.data.tfds_source, source 'folder')."""
+"""The image-folder input pipeline (sagan_jax.data.folder + pipeline, source 'folder')."""
 
 from __future__ import annotations
 
 import logging
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from sagan_jax.data import folder as folder_lib
-from sagan_jax.data import make_source, tfds_source
+from sagan_jax.data import make_source, pipeline
 from sagan_jax.data.errors import DataError
 from tests.conftest import data_config, image_ids, take
 
@@ -41,13 +39,6 @@ def id_folder(root, n_classes=3, per_class=8):
       save(f"{root}/class{c}/img{j:02d}.png", np.full((h, w, 3), 8 * i + 4, np.uint8))
       i += 1
   return i
-
-
-def test_import_does_not_load_tensorflow():
-  code = ("import sys, sagan_jax.data, sagan_jax.data.tfds_source; "
-          "assert 'tensorflow' not in sys.modules, 'tensorflow imported'")
-  subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(
-      os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_mixed_formats_sizes_and_modes(tmp_path):
@@ -110,7 +101,7 @@ def test_center_crop_option_and_eval_transform(tmp_path):
     for img, lab in zip(batch["image"].astype(int), batch["label"]):
       line = img[:, 0, 0] if lab == 0 else img[0, :, 0]
       assert (line == 5 * (16 + np.arange(16))).all()
-  batches = list(tfds_source.make_eval_iterator(cfg, batch_size=8))
+  batches = list(pipeline.make_eval_iterator(cfg, batch_size=8))
   assert len(batches) == 1 and batches[0]["image"].shape == (2, 16, 16, 3)
   t, w = batches[0]["image"].astype(int)
   assert (t[:, 0, 0] == 5 * (16 + np.arange(16))).all()
@@ -157,8 +148,8 @@ def test_two_processes_read_disjoint_complete_shares(tmp_path):
   assert not seen[0] & seen[1]
   assert seen[0] | seen[1] == set(range(n))
   # The evaluation iterator shards the same way, in order, once.
-  ev = [list(tfds_source.make_eval_iterator(cfg, batch_size=5, process_index=p,
-                                             process_count=2)) for p in (0, 1)]
+  ev = [list(pipeline.make_eval_iterator(cfg, batch_size=5, process_index=p,
+                                          process_count=2)) for p in (0, 1)]
   ev_ids = [[i for b in e for i in image_ids(b["image"])] for e in ev]
   assert ev_ids[0] == sorted(ev_ids[0]) and set(ev_ids[0]) == seen[0]
   assert set(ev_ids[1]) == seen[1] and [len(b["label"]) for b in ev[1]] == [5, 5, 2]
@@ -194,7 +185,7 @@ def test_flat_folder_unconditional_and_split_layout(tmp_path):
   cfg = folder_config(tmp_path / "split", num_classes=2, batch_size=4)
   assert make_source(cfg).num_classes == 2
   cfg.model.num_classes = 3
-  ev = list(tfds_source.make_eval_iterator(cfg, "test", batch_size=8))
+  ev = list(pipeline.make_eval_iterator(cfg, "test", batch_size=8))
   assert ev[0]["label"].tolist() == [0, 1, 2] and (ev[0]["image"] == 7).all()
   cfg.data.split = "validation"
   with pytest.raises(DataError, match=r"split.*'train'"):
@@ -263,7 +254,7 @@ def test_corrupt_files_are_skipped_counted_and_named(tmp_path, caplog):
   assert all(p in logged for p in bad)
   assert sum("truncated.png" in r.getMessage() for r in caplog.records) == 1  # warned once
   # The same in the evaluation iterator: the 30 good images, the 3 bad ones reported.
-  ev = tfds_source.make_eval_iterator(cfg, batch_size=7)
+  ev = pipeline.make_eval_iterator(cfg, batch_size=7)
   ev_ids = [i for b in ev for i in image_ids(b["image"])]
   assert sorted(ev_ids) == list(range(30)) and set(ev.skipped_files) == bad
 

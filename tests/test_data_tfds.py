@@ -1,4 +1,4 @@
-"""The TFDS input pipeline (sagan_jax.data.tfds_source, source 'tfds').
+"""The TFDS input pipeline (sagan_jax.data.tfds_source + pipeline, source 'tfds').
 
 Uses tfds.testing.mock_data for imagenet2012 and cifar10 (no download), and
 a tiny dataset really prepared in a temporary data_dir (for sharding, the
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from sagan_jax.data import make_source, tfds_source
+from sagan_jax.data import make_source, pipeline
 from sagan_jax.data.errors import DataError
 from tests.conftest import data_config, image_ids, take
 
@@ -78,13 +78,13 @@ def test_mock_cifar10_eval_iterator_is_the_dataset_unchanged():
     cfg = tfds_config("cifar10", num_classes=10)
     ref = list(tfds.as_numpy(tfds.builder("cifar10").as_dataset(split="test",
                                                                   shuffle_files=False)))
-    batches = list(tfds_source.make_eval_iterator(cfg, "test", batch_size=4))
+    batches = list(pipeline.make_eval_iterator(cfg, "test", batch_size=4))
     assert [len(b["label"]) for b in batches] == [4, 4, 2]
     imgs = np.concatenate([b["image"] for b in batches])
     labels = np.concatenate([b["label"] for b in batches])
     np.testing.assert_array_equal(imgs, np.stack([r["image"] for r in ref]))
     np.testing.assert_array_equal(labels, [r["label"] for r in ref])
-    three = list(tfds_source.make_eval_iterator(cfg, "test", batch_size=4, num_images=3))
+    three = list(pipeline.make_eval_iterator(cfg, "test", batch_size=4, num_images=3))
     np.testing.assert_array_equal(three[0]["image"], imgs[:3])
     # Training batches: right classes, and at 16x16 the resize runs.
     cfg.model.resolution = 16
@@ -102,11 +102,11 @@ def test_two_processes_read_disjoint_complete_shares(tiny_dir):
     assert len(set(ids)) == 12 and sorted(ids) == sorted(ids2)
     seen.append(set(ids))
   assert not seen[0] & seen[1] and seen[0] | seen[1] == set(range(N_TRAIN))
-  ev = [[i for b in tfds_source.make_eval_iterator(cfg, batch_size=5, process_index=p,
-                                                    process_count=2)
+  ev = [[i for b in pipeline.make_eval_iterator(cfg, batch_size=5, process_index=p,
+                                                 process_count=2)
          for i in image_ids(b["image"])] for p in (0, 1)]
   assert set(ev[0]) == seen[0] and set(ev[1]) == seen[1]
-  test = [i for b in tfds_source.make_eval_iterator(cfg, "test", batch_size=4)
+  test = [i for b in pipeline.make_eval_iterator(cfg, "test", batch_size=4)
           for i in image_ids(b["image"])]
   assert sorted(test) == list(range(N_TRAIN, N_TRAIN + N_TEST))
 

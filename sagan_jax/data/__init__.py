@@ -7,38 +7,27 @@ the host; the train step normalises them to [-1, 1] on device. Every source is
 infinite (repeats) and seeded by `(config.seed, start_batch)`, where
 `start_batch` is the number of global batches the run has already consumed, so
 a resumed run continues with fresh batches instead of replaying the first ones.
+
+Modules (each imports only modules listed below it, so there are no circles):
+
+  prepare      `python -m sagan_jax.data.prepare NAME`: prepare a TFDS dataset
+  digits       the embedded default data (scikit-learn's digits)
+  pipeline     tf.data sources ('tfds', 'folder'): `make_source`,
+               `train_dataset`, `make_eval_iterator`, the batch iterator
+  tfds_source  the TFDS reader (builder, features, prepare message, sharding)
+  folder       the image-folder scan and reader
+  reader       what a tf.data reader hands the pipeline (`Reader`), tf.data
+               options, the class-count check
+  transforms   TensorFlow on the CPU (`import_tf`), train/eval image transforms
+  source       `Source`, `local_batch_size` (re-exported here)
+  errors       `DataError`
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Iterator
+from sagan_jax.data.source import Source, local_batch_size
 
-import numpy as np
-
-
-@dataclasses.dataclass
-class Source:
-  """An infinite stream of host-local uint8 batches plus what the model needs."""
-
-  iterator: Iterator[dict[str, np.ndarray]]
-  num_classes: int
-  resolution: int
-  name: str
-
-  def __iter__(self):
-    return self.iterator
-
-  def __next__(self):
-    return next(self.iterator)
-
-
-def local_batch_size(global_batch: int, process_count: int) -> int:
-  if global_batch % process_count:
-    raise ValueError(
-        f"config.batch_size={global_batch} is not divisible by the number of "
-        f"processes ({process_count}); choose a multiple of {process_count}.")
-  return global_batch // process_count
+__all__ = ["Source", "local_batch_size", "make_source"]
 
 
 def make_source(config, *, process_index: int = 0, process_count: int = 1,
@@ -51,10 +40,10 @@ def make_source(config, *, process_index: int = 0, process_count: int = 1,
                               process_count=process_count,
                               start_batch=start_batch)
   if source in ("tfds", "folder"):
-    from sagan_jax.data import tfds_source
-    return tfds_source.make_source(config, process_index=process_index,
-                                   process_count=process_count,
-                                   start_batch=start_batch)
+    from sagan_jax.data import pipeline
+    return pipeline.make_source(config, process_index=process_index,
+                                process_count=process_count,
+                                start_batch=start_batch)
   raise ValueError(
       f"config.data.source={source!r} is not known; use one of "
       "'digits', 'tfds', 'folder'.")

@@ -17,7 +17,7 @@ import functools
 import numpy as np
 from PIL import Image
 
-from sagan_jax.data import Source, local_batch_size
+from sagan_jax.data.source import Source, local_batch_size
 
 NUM_CLASSES = 10
 

@@ -16,6 +16,13 @@ Listing goes through `tf.io.gfile`, so gs:// works wherever TensorFlow can
 read the bucket. Each process lists the whole folder and keeps every
 `process_count`-th file (see `shard_indices`), so the processes' shares are
 disjoint, cover the folder and stay the same when a run resumes.
+
+The reader (`train_reader`, `eval_reader`; called by `sagan_jax.data.pipeline`
+for config.data.source='folder') turns this process's share into a `Reader` of
+(encoded bytes, label[, index]): for training a fresh seeded permutation of
+the whole share every epoch (file names are small), endlessly; for evaluation
+once, in order. Before reading, the first files are test-decoded until one
+works (`_PROBE_FILES`), so a folder of unreadable files stops at once.
 """
 
 from __future__ import annotations
@@ -26,8 +33,11 @@ import logging
 import numpy as np
 
 from sagan_jax.data.errors import DataError
+from sagan_jax.data.reader import Reader, check_classes, data_options
+from sagan_jax.data.transforms import import_tf
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
+_PROBE_FILES = 32        # files test-decoded before starting, until one works
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +53,6 @@ class FolderIndex:
 
 
 def _gfile():
-  from sagan_jax.data.tfds_source import import_tf
   return import_tf().io.gfile
 
 
@@ -135,3 +144,98 @@ def shard_indices(n: int, process_index: int, process_count: int) -> np.ndarray:
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index={process_index} not in [0, {process_count})")
   return np.arange(process_index, n, process_count, dtype=np.int64)
+
+
+# ----------------------------------------------------------------------------
+# Reader
+
+
+def _probe(tf, paths) -> None:
+  """Raises DataError unless one of the first _PROBE_FILES files decodes."""
+  tried = []
+  for p in paths[:_PROBE_FILES]:
+    try:
+      tf.io.decode_image(tf.io.read_file(p), channels=3, expand_animations=False)
+      return
+    except tf.errors.OpError:
+      tried.append(p)
+  raise DataError(
+      f"the image files cannot be read or decoded: none of the first {len(tried)} decodes "
+      f"(e.g. {', '.join(tried[:3])}); check the folder holds JPEG, PNG, GIF, BMP or WebP "
+      "images and that this machine may read them.")
+
+
+def _index(config, split=None) -> FolderIndex:
+  """The scanned folder, its class count checked against the config."""
+  index = scan(config.data.dir, split or config.data.split)
+  check_classes(config, index.num_classes, f"{index.num_classes} class subfolders",
+                f"image folder {index.root}")
+  return index
+
+
+def _epoch_order(tf, n: int, seed: int, epoch):
+  """This epoch's permutation of range(n) (stateless: recomputable from (seed, epoch))."""
+  u = tf.random.stateless_uniform([n], tf.stack([tf.constant(seed, tf.int64),
+                                                 tf.cast(epoch, tf.int64)]))
+  return tf.argsort(u, stable=True)
+
+
+def train_reader(config, *, process_index: int, process_count: int, seeds,
+                 threads: int | None) -> Reader:
+  """Endless (bytes, label, index) of this process's files, a new order each epoch.
+
+  seeds[1] seeds the epoch permutations (see `pipeline.stream_seeds`).
+  """
+  tf = import_tf()
+  index = _index(config)
+  mine = shard_indices(len(index.paths), process_index, process_count)
+  if len(mine) == 0:
+    raise DataError(f"image folder {index.root} has {len(index.paths)} images, fewer than "
+                    f"the {process_count} processes; add images.")
+  paths = [index.paths[i] for i in mine]
+  labels = index.labels[mine]
+  _probe(tf, paths)
+  n = len(paths)
+  order_seed = int(seeds[1])
+  paths_t = tf.constant(paths)
+  labels_t = tf.constant(labels, tf.int32)
+
+  epochs = tf.data.Dataset.counter()
+  ds = epochs.flat_map(lambda e: tf.data.Dataset.from_tensor_slices(
+      _epoch_order(tf, n, order_seed, e)))
+  ds = ds.enumerate().map(
+      lambda k, i: (tf.io.read_file(tf.gather(paths_t, i)), tf.gather(labels_t, i), k),
+      num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.with_options(data_options(threads))
+  cache = {}
+
+  def path_of(k: int) -> str:
+    epoch, pos = divmod(int(k), n)
+    if epoch not in cache:
+      cache.clear()
+      cache[epoch] = _epoch_order(tf, n, order_seed, epoch).numpy()
+    return paths[int(cache[epoch][pos])]
+
+  return Reader(ds, True, index.num_classes, f"folder:{index.root}", path_of, n)
+
+
+def eval_reader(config, split: str | None, *, process_index: int, process_count: int,
+                num_images: int | None) -> Reader:
+  """(bytes, label) of this process's files in `split` (if that subfolder exists), in order.
+
+  num_images: only the first that many of this process's files.
+  """
+  tf = import_tf()
+  index = _index(config, split)
+  mine = shard_indices(len(index.paths), process_index, process_count)
+  paths = [index.paths[i] for i in mine]
+  labels = index.labels[mine]
+  if num_images is not None:
+    paths, labels = paths[:num_images], labels[:num_images]
+  n = len(paths)
+  if n:
+    _probe(tf, paths)
+  ds = tf.data.Dataset.from_tensor_slices((tf.constant(paths, tf.string),
+                                           tf.constant(labels, tf.int32)))
+  ds = ds.map(lambda p, y: (tf.io.read_file(p), y), num_parallel_calls=tf.data.AUTOTUNE)
+  return Reader(ds, True, index.num_classes, f"folder:{index.root}", paths.__getitem__, n)

@@ -9,39 +9,40 @@ only. DIR defaults to TFDS_DATA_DIR, then ~/tensorflow_datasets; it may be a
 gs:// bucket. imagenet2012 reads ILSVRC2012_img_train.tar and
 ILSVRC2012_img_val.tar from --manual_dir (default DIR/downloads/manual/) and
 takes hours; other datasets are downloaded (internet needed). See docs/data.md.
+
+The archive names, the ImageNet name check and the data_dir fallback are
+the TFDS reader's (`sagan_jax.data.tfds_source`), so both agree.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
+from sagan_jax.data import tfds_source
 from sagan_jax.data.errors import DataError
-
-IMAGENET_TARS = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
+from sagan_jax.data.transforms import import_tf
 
 
 def prepare(name: str, data_dir: str | None = None, manual_dir: str | None = None) -> str:
   """Downloads/converts `name` into data_dir; returns the dataset's directory."""
-  from sagan_jax.data.tfds_source import import_tf
-  tf = import_tf()
+  import_tf()  # hides accelerators from TF before tfds loads it
   import tensorflow_datasets as tfds
-  data_dir = data_dir or os.environ.get("TFDS_DATA_DIR") or None
+  data_dir = tfds_source.tfds_data_dir(data_dir)
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
     raise DataError(f"{name!r} is not a TFDS dataset; see "
                     "https://www.tensorflow.org/datasets/catalog") from e
-  root = (data_dir or tfds.core.constants.DATA_DIR).rstrip("/")
-  manual = (manual_dir or f"{root}/downloads/manual").rstrip("/")
-  if name.split("/")[0].split(":")[0] == "imagenet2012":
-    missing = [t for t in IMAGENET_TARS if not tf.io.gfile.exists(f"{manual}/{t}")]
+  manual = (manual_dir or tfds_source.manual_dir(data_dir)).rstrip("/")
+  if tfds_source.is_imagenet(name):
+    missing = tfds_source.missing_imagenet_tars(manual)
     if missing:
+      train_tar, val_tar = tfds_source.IMAGENET_TARS
       raise DataError(
-          f"{' and '.join(missing)} not found in {manual}/. Download "
-          f"{IMAGENET_TARS[0]} and {IMAGENET_TARS[1]} from https://image-net.org "
-          "(registration required) and put them there, or pass --manual_dir.")
+          f"{' and '.join(missing)} not found in {manual}/. Download {train_tar} and "
+          f"{val_tar} from https://image-net.org (registration required) and put them "
+          "there, or pass --manual_dir.")
   config = tfds.download.DownloadConfig(manual_dir=manual)
   builder.download_and_prepare(download_config=config)
   return builder.data_dir
