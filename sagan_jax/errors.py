@@ -17,6 +17,11 @@ class ConfigError(UserError, ValueError):
   """A config field (or command-line flag) has a value sagan_jax cannot use."""
 
 
+class DataError(UserError, RuntimeError):
+  """The data cannot be used as configured (dataset not prepared, empty folder,
+  class count mismatch, too many undecodable files, ...)."""
+
+
 class CheckpointError(UserError, RuntimeError):
   """A checkpoint or run directory cannot be used."""
 

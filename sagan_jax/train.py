@@ -140,12 +140,11 @@ def step_rng(config, mesh) -> jax.Array:
 
 
 def _check_source(source, m) -> None:
-  from sagan_jax.data.errors import DataError
   if source.resolution != m.resolution:
-    raise DataError(f"data source {source.name!r} yields {source.resolution}px images but "
+    raise errors.DataError(f"data source {source.name!r} yields {source.resolution}px images but "
                     f"config.model.resolution={m.resolution}.")
   if m.num_classes and source.num_classes != m.num_classes:
-    raise DataError(f"data source {source.name!r} has {source.num_classes} classes but "
+    raise errors.DataError(f"data source {source.name!r} has {source.num_classes} classes but "
                     f"config.model.num_classes={m.num_classes}; set "
                     f"--config.model.num_classes={source.num_classes} (or 0 for "
                     "unconditional).")

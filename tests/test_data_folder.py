@@ -11,7 +11,7 @@ from PIL import Image
 
 from sagan_jax.data import folder as folder_lib
 from sagan_jax.data import make_source, pipeline
-from sagan_jax.data.errors import DataError
+from sagan_jax.errors import DataError
 from tests.conftest import data_config, image_ids, take
 
 

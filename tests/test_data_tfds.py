@@ -13,7 +13,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from sagan_jax.data import make_source, pipeline
-from sagan_jax.data.errors import DataError
+from sagan_jax.errors import DataError
 from tests.conftest import data_config, image_ids, take
 
 N_TRAIN, N_TEST = 24, 6

@@ -17,7 +17,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from sagan_jax import data as data_lib
-from sagan_jax.data.errors import DataError
+from sagan_jax.errors import DataError
 
 @pytest.fixture
 def config(tiny_config):

@@ -20,12 +20,14 @@ Modules (each imports only modules listed below it, so there are no circles):
                options, the class-count check
   transforms   TensorFlow on the CPU (`import_tf`), train/eval image transforms
   source       `Source`, `local_batch_size` (re-exported here)
-  errors       `DataError`
+
+Problems with the data raise `sagan_jax.errors.DataError`.
 """
 
 from __future__ import annotations
 
 from sagan_jax.data.source import Source, local_batch_size
+from sagan_jax.errors import ConfigError
 
 __all__ = ["Source", "local_batch_size", "make_source"]
 
@@ -44,6 +46,5 @@ def make_source(config, *, process_index: int = 0, process_count: int = 1,
     return pipeline.make_source(config, process_index=process_index,
                                 process_count=process_count,
                                 start_batch=start_batch)
-  raise ValueError(
-      f"config.data.source={source!r} is not known; use one of "
-      "'digits', 'tfds', 'folder'.")
+  raise ConfigError(f"config.data.source={source!r} is invalid: use 'digits', 'tfds' or "
+                    "'folder'.")

@@ -28,11 +28,11 @@ works (`_PROBE_FILES`), so a folder of unreadable files stops at once.
 from __future__ import annotations
 
 import dataclasses
-import logging
 
 import numpy as np
+from absl import logging
 
-from sagan_jax.data.errors import DataError
+from sagan_jax.errors import DataError
 from sagan_jax.data.reader import Reader, check_classes, data_options
 from sagan_jax.data.transforms import import_tf
 

@@ -29,13 +29,13 @@ DataError is raised naming them.
 from __future__ import annotations
 
 import dataclasses
-import logging
 from typing import Callable, Iterator
 
 import numpy as np
+from absl import logging
 
 from sagan_jax.data import folder, tfds_source
-from sagan_jax.data.errors import DataError
+from sagan_jax.errors import DataError
 from sagan_jax.data.reader import Reader, data_options
 from sagan_jax.data.source import Source, local_batch_size
 from sagan_jax.data.transforms import eval_transform, import_tf, train_transform

@@ -20,7 +20,7 @@ import argparse
 import sys
 
 from sagan_jax.data import tfds_source
-from sagan_jax.data.errors import DataError
+from sagan_jax.errors import DataError
 from sagan_jax.data.transforms import import_tf
 
 

@@ -12,10 +12,11 @@ pipeline that imports them.
 from __future__ import annotations
 
 import dataclasses
-import logging
 from typing import Any, Callable
 
-from sagan_jax.data.errors import DataError
+from absl import logging
+
+from sagan_jax.errors import DataError
 from sagan_jax.data.transforms import import_tf
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from sagan_jax.data.errors import DataError
+from sagan_jax.errors import DataError
 from sagan_jax.data.reader import Reader, check_classes, data_options
 from sagan_jax.data.transforms import import_tf
 

@@ -25,7 +25,8 @@ JPEGs are decoded only inside the crop window.
 
 from __future__ import annotations
 
-import logging
+from absl import logging
+
 
 _tf = None
 
