@@ -28,3 +28,7 @@ class CheckpointError(UserError, RuntimeError):
 
 class NonFiniteLossError(UserError, FloatingPointError):
   """Training produced NaN/Inf; nothing of the bad state was saved."""
+
+
+class WeightsNotFoundError(UserError, FileNotFoundError):
+  """No usable Inception weight file; the message says which file to get."""

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from typing import Any, Iterator
 
 import numpy as np
@@ -172,11 +171,7 @@ def _mesh():
 
 def _extractor():
   from sagan_jax.evaluation import inception, weights
-  try:
-    params, has_fc, source = weights.load_inception_params(FLAGS.weights, FLAGS.weights_cache)
-  except weights.WeightsNotFoundError as e:
-    _log(str(e))
-    sys.exit(2)
+  params, has_fc, source = weights.load_inception_params(FLAGS.weights, FLAGS.weights_cache)
   _log(f"Inception weights: {source} ({'pool3 + fc' if has_fc else 'pool3 only: no IS'})")
   return inception.FeatureExtractor(params, has_fc, mesh=_mesh(),
                                     batch_size=FLAGS.inception_batch_size,

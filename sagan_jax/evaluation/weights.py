@@ -27,12 +27,13 @@ import hashlib
 import importlib.util
 import io
 import os
-import sys
 import zipfile
 
 import numpy as np
+from absl import logging
 
 from sagan_jax import torch_pickle
+from sagan_jax.errors import WeightsNotFoundError
 from sagan_jax.evaluation import inception
 
 FID_HELPER_FILE = "default_1.pt"
@@ -51,10 +52,6 @@ No Inception-v3 (TF 2015-12-05) weights found. Either
     and pass --weights=/path/to/{PYTORCH_FID_FILE}
     (or put it in {{cache_dir}}).
 A converted cache (.npz, --weights_cache) is also accepted."""
-
-
-class WeightsNotFoundError(FileNotFoundError):
-  """No usable Inception weight file; the message says which file to get."""
 
 
 # ----------------------------------------------------------------------------
@@ -210,9 +207,8 @@ def convert_file(path: str) -> dict[str, np.ndarray]:
   obj = torch_pickle.load(io.BytesIO(data), path)
   if isinstance(obj, torch_pickle.ScriptObject):
     if hashlib.sha256(data).hexdigest() != FID_HELPER_SHA256:
-      print(f"sagan_jax: WARNING: {path} is not the known {FID_HELPER_FILE} (sha256 "
-            f"{FID_HELPER_SHA256[:12]}...); features may differ from the TF Inception's",
-            file=sys.stderr)
+      logging.warning("%s is not the known %s (sha256 %s...); features may differ from the "
+                      "TF Inception's", path, FID_HELPER_FILE, FID_HELPER_SHA256[:12])
     return _convert_torchscript(obj, path)
   return convert_pytorch_fid(obj)
 
@@ -318,7 +314,7 @@ def _write_cache(flat: dict[str, np.ndarray], cache_path: str | None, src: str) 
   try:
     save_cache(flat, cache, _source_id(src))
   except OSError as e:  # a read-only home must not stop an evaluation
-    print(f"sagan_jax: could not write Inception cache {cache}: {e}", file=sys.stderr)
+    logging.warning("could not write the Inception weights cache %s: %s", cache, e)
 
 
 def resolve_weights(weights_path: str | None = None, cache_path: str | None = None,
