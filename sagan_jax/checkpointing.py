@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging as std_logging
+import os
 from typing import Any, Callable
 
 import jax
@@ -185,12 +186,11 @@ def load(workdir: str, step: int | None = None, mesh=None) -> Restored:
 
 
 def _drop_orbax_save_traceback(record: std_logging.LogRecord) -> bool:
-  """A failed background save is logged by Orbax (and by asyncio for its write tasks)
-  as ERRORs with tracebacks; `poll`/`finish` report it as one message instead."""
-  msg = record.getMessage()
-  from_save = ("orbax" in record.pathname and "background save thread" in msg) or (
-      record.name == "asyncio" and "orbax" in msg)
-  return not (record.levelno >= std_logging.ERROR and from_save)
+  """Orbax's threads (and asyncio, for its tasks) log a failed background save as ERRORs
+  with tracebacks; `poll`/`finish` report it as one message (traceback at INFO)."""
+  from_orbax = f"{os.sep}orbax{os.sep}" in record.pathname or (
+      record.name == "asyncio" and "orbax" in record.getMessage())
+  return not (record.levelno >= std_logging.ERROR and record.exc_info and from_orbax)
 
 
 class Checkpointer:

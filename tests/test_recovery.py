@@ -57,15 +57,17 @@ def _assert_bit_identical(a, b):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-  """An uninterrupted in-process run of the campaign's config (40 steps), by step count."""
+  """reference(total): the workdir of an uninterrupted in-process run of `total` steps
+  that keeps every checkpoint."""
   runs = {}
 
-  def get(total_steps: int):
+  def get(total_steps: int) -> str:
     if total_steps not in runs:
-      wd = tmp_path_factory.mktemp(f"reference{total_steps}")
-      config = load_config("tiny", total_steps=total_steps, **OVERRIDES)
-      train.train_and_evaluate(config, str(wd), mesh=parallel.make_mesh(1))
-      runs[total_steps] = _state(wd)
+      wd = str(tmp_path_factory.mktemp(f"reference{total_steps}"))
+      config = load_config("tiny", total_steps=total_steps,
+                           **{**OVERRIDES, "keep_checkpoints": total_steps})
+      train.train_and_evaluate(config, wd, mesh=parallel.make_mesh(1))
+      runs[total_steps] = wd
     return runs[total_steps]
 
   return get
@@ -175,11 +177,11 @@ def _kill_campaign(workdir: str, total_steps: int, kinds: list[str], seed: int) 
 
 
 def test_kill9_a_handful_of_times_then_bit_identical(tmp_path, reference):
-  total = 8
+  total = 8   # (the reference run of 8 steps is shared with other tests)
   tally = _kill_campaign(str(tmp_path), total, ["startup", "save", "resume"], seed=1)
   print("kill -9 campaign (default):", tally)
   assert tally["kills"] == 3
-  _assert_bit_identical(_state(tmp_path, total), reference(total))
+  _assert_bit_identical(_state(tmp_path, total), _state(reference(total), total))
 
 
 @pytest.mark.slow
@@ -190,20 +192,20 @@ def test_kill9_campaign_of_24_kills_then_bit_identical(tmp_path, reference):
   print("kill -9 campaign (slow):", tally)
   assert tally["kills"] == 24
   assert tally["inside_save"] >= 1      # some kills landed while a save was being written
-  _assert_bit_identical(_state(tmp_path, total), reference(total))
+  _assert_bit_identical(_state(tmp_path, total), _state(reference(total), total))
 
 
 # ----------------------------------------------------------------------------
 # Damaged checkpoints
 
 @pytest.fixture(scope="module")
-def two_checkpoints(tmp_path_factory):
-  """A finished 4-step run with checkpoints at steps 2 and 4, and its config."""
-  wd = tmp_path_factory.mktemp("two_checkpoints")
-  config = load_config("tiny", total_steps=4, **OVERRIDES)
-  train.train_and_evaluate(config, str(wd), mesh=parallel.make_mesh(1))
-  assert _complete_steps(str(wd)) == (2, 4)
-  return str(wd), config
+def two_checkpoints(reference, tmp_path_factory):
+  """A run with checkpoints at steps 2 and 4 (the first half of the reference run), and
+  a config of its architecture."""
+  wd = str(tmp_path_factory.mktemp("two_checkpoints") / "run")
+  shutil.copytree(reference(8), wd, ignore=shutil.ignore_patterns("6", "8"))
+  assert _complete_steps(wd) == (2, 4)
+  return wd, load_config("tiny", total_steps=4, **OVERRIDES)
 
 
 def _copy(run, tmp_path) -> str:
@@ -278,6 +280,7 @@ def test_damaged_newest_checkpoint_falls_back_to_previous(two_checkpoints, tmp_p
     checkpointing.load(wd, step=4)
 
 
+@pytest.mark.slow
 def test_resume_past_a_damaged_checkpoint_is_bit_identical(two_checkpoints, tmp_path, capsys,
                                                            reference):
   run, _ = two_checkpoints
@@ -289,7 +292,7 @@ def test_resume_past_a_damaged_checkpoint_is_bit_identical(two_checkpoints, tmp_
   assert "resuming from step 2 " in out.out and "moved the damaged checkpoint step 4" in out.err
   listing = integrity.list_dir(checkpointing.checkpoint_dir(wd))
   assert listing.steps == (4, 6) and listing.aside == ("4.damaged",)  # kept, not deleted
-  _assert_bit_identical(_state(wd, 6), reference(6))
+  _assert_bit_identical(_state(wd, 6), _state(reference(8), 6))   # the kill test's reference
 
 
 def test_no_intact_checkpoint_is_one_clear_error(two_checkpoints, tmp_path):
@@ -340,8 +343,9 @@ def test_checkpoint_without_manifest_is_restored_unverified(two_checkpoints, tmp
 
 
 # ----------------------------------------------------------------------------
-# Determinism
+# Determinism (the kill tests compare a separate process's run with an in-process one)
 
+@pytest.mark.slow
 def test_same_config_and_seed_twice_is_bit_identical(two_checkpoints, tmp_path):
   run, config = two_checkpoints
   train.train_and_evaluate(config, str(tmp_path), mesh=parallel.make_mesh(1))
@@ -388,6 +392,7 @@ def test_nonfinite_parameters_are_never_saved(tmp_path, monkeypatch):
   _saved_states_are_finite(str(tmp_path))
 
 
+@pytest.mark.slow
 def test_rollback_gives_up_after_max_rollbacks(tmp_path, monkeypatch, capsys):
   config = load_config("tiny", total_steps=6, on_nan="rollback", max_rollbacks=1,
                        **{**OVERRIDES, "checkpoint_every": 1, "log_every": 100})
@@ -398,19 +403,26 @@ def test_rollback_gives_up_after_max_rollbacks(tmp_path, monkeypatch, capsys):
   _saved_states_are_finite(str(tmp_path))
 
 
-def test_rollback_reseeds_the_noise_and_resumes_deterministically(tmp_path, monkeypatch,
-                                                                  capsys):
-  config = load_config("tiny", total_steps=8, on_nan="rollback", max_rollbacks=2,
-                       **OVERRIDES)
+def _rollback_config():
+  return load_config("tiny", total_steps=8, on_nan="rollback", max_rollbacks=2, **OVERRIDES)
+
+
+def test_rollback_reseeds_the_noise_and_finishes(tmp_path, monkeypatch, capsys):
   _poison(monkeypatch, first_noise_only=True)
-  mesh = parallel.make_mesh(1)
-  train.train_and_evaluate(config, str(tmp_path / "a"), mesh=mesh)
+  train.train_and_evaluate(_rollback_config(), str(tmp_path), mesh=parallel.make_mesh(1))
   out = capsys.readouterr().out
   assert ("rollback 1 of at most 2: non-finite values {'d_loss': nan} at step 4; back to "
           "step 2 with new noise") in out
   assert "rollback 2" not in out and "step 8/8" in out
-  assert checkpointing.load(str(tmp_path / "a")).rollbacks == 1
-  _saved_states_are_finite(str(tmp_path / "a"))
+  assert checkpointing.load(str(tmp_path)).rollbacks == 1
+  _saved_states_are_finite(str(tmp_path))
+
+
+@pytest.mark.slow
+def test_resumed_after_a_rollback_is_bit_identical(tmp_path, monkeypatch):
+  _poison(monkeypatch, first_noise_only=True)
+  config, mesh = _rollback_config(), parallel.make_mesh(1)
+  train.train_and_evaluate(config, str(tmp_path / "a"), mesh=mesh)
   # Stopped after the rollback and resumed: the same bits (the count is in the checkpoint).
   train.train_and_evaluate(config, str(tmp_path / "b"), mesh=mesh, stop_after=6)
   train.train_and_evaluate(config, str(tmp_path / "b"), mesh=mesh)
@@ -420,8 +432,9 @@ def test_rollback_reseeds_the_noise_and_resumes_deterministically(tmp_path, monk
 # ----------------------------------------------------------------------------
 # Disk
 
-@pytest.mark.parametrize("code,reason", [(errno.ENOSPC, "the disk is full"),
-                                         (errno.EROFS, "the filesystem is read-only")])
+@pytest.mark.parametrize("code,reason", [
+    (errno.ENOSPC, "the disk is full"),
+    pytest.param(errno.EROFS, "the filesystem is read-only", marks=pytest.mark.slow)])
 def test_failed_save_stops_the_run_and_keeps_the_checkpoints(tmp_path, monkeypatch, code,
                                                              reason):
   config = load_config("tiny", total_steps=8, **{**OVERRIDES, "keep_checkpoints": 1})
@@ -454,10 +467,14 @@ def small_tmpfs(tmp_path):
   subprocess.run(["umount", "--lazy", str(mnt)], check=True)   # files may still be open
 
 
+@pytest.mark.slow
 def test_full_disk_for_real(small_tmpfs):
-  config = load_config("tiny", total_steps=8, **{**OVERRIDES, "keep_checkpoints": 3})
   wd = str(small_tmpfs / "run")
-  with pytest.raises(errors.CheckpointError, match="the disk is full.*resumes from step 2"):
-    train.train_and_evaluate(config, wd, mesh=parallel.make_mesh(1))
+  p = subprocess.run([sys.executable, "-m", "sagan_jax.main", "--config", "configs/tiny.py",
+                      "--workdir", wd, *_cli_overrides(8), "--config.keep_checkpoints=3"],
+                     cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+  assert p.returncode == 2, p.stderr
+  assert p.stderr.startswith("error: saving checkpoint step 4") and p.stderr.count("\n") == 1
+  assert "the disk is full" in p.stderr and "resumes from step 2" in p.stderr
   assert integrity.list_dir(checkpointing.checkpoint_dir(wd)).steps == (2,)
   assert integrity.check(checkpointing.checkpoint_dir(wd) / "2").ok
