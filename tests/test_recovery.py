@@ -113,12 +113,14 @@ class _Launch:
 
 def _kill_plan(kinds: list[str], rng: random.Random) -> list[tuple[str, object]]:
   """(kind, trigger) per kill: at a time after launch ('startup'), right after the
-  restore ('resume'), at a step line ('step'), right after a save started ('save')."""
+  restore ('resume'), a few steps in ('step'), right after this launch's second or
+  third save started, i.e. while Orbax writes it ('save')."""
   triggers = {
       "startup": lambda: rng.uniform(0.5, 6.0),
       "resume": lambda: _after_lines(("resuming from", "Training "), 1, rng.uniform(0, 2.0)),
-      "step": lambda: _after_lines(("step ",), rng.randint(1, 3), 0.0),
-      "save": lambda: _after_lines(("saving checkpoint",), 1, rng.choice((0.0, 0.05, 0.15))),
+      "step": lambda: _after_lines(("step ",), rng.randint(3, 6), 0.0),
+      "save": lambda: _after_lines(("saving checkpoint",), rng.choice((2, 3)),
+                                   rng.choice((0.0, 0.0, 0.05, 0.2))),
   }
   return [(kind, triggers[kind]()) for kind in kinds]
 
@@ -146,7 +148,7 @@ def _complete_steps(workdir: str) -> tuple[int, ...]:
 def _kill_campaign(workdir: str, total_steps: int, kinds: list[str], seed: int) -> dict:
   """Kills and relaunches until the run ends; returns how the kills went."""
   rng = random.Random(seed)
-  tally: dict[str, int] = {"kills": 0, "inside_save": 0, "before_first_checkpoint": 0}
+  tally: dict[str, int] = {"kills": 0, "inside_save": 0, "resumed_from_checkpoint": 0}
   plan = _kill_plan(kinds, rng)
   for kind, trigger in plan + [("finish", None)]:
     expected = _complete_steps(workdir)
@@ -157,6 +159,7 @@ def _kill_campaign(workdir: str, total_steps: int, kinds: list[str], seed: int) 
     if "Training " in out:   # got past the restore: it must have said where it resumed
       if expected:
         assert f"resuming from step {expected[-1]} " in out, (expected, out)
+        tally["resumed_from_checkpoint"] += 1
       else:
         assert "resuming from" not in out, out
     assert "Traceback" not in out, out
@@ -172,7 +175,6 @@ def _kill_campaign(workdir: str, total_steps: int, kinds: list[str], seed: int) 
     # A temporary directory this launch wrote to: the kill landed inside a save.
     tally["inside_save"] += any(os.path.getmtime(cdir / name) >= started
                                 for name in listing.unfinished)
-    tally["before_first_checkpoint"] += not listing.steps
   return tally
 
 
@@ -180,18 +182,19 @@ def test_kill9_a_handful_of_times_then_bit_identical(tmp_path, reference):
   total = 8   # (the reference run of 8 steps is shared with other tests)
   tally = _kill_campaign(str(tmp_path), total, ["startup", "save", "resume"], seed=1)
   print("kill -9 campaign (default):", tally)
-  assert tally["kills"] == 3
+  assert tally["kills"] == 3 and tally["resumed_from_checkpoint"] >= 1
   _assert_bit_identical(_state(tmp_path, total), _state(reference(total), total))
 
 
 @pytest.mark.slow
 def test_kill9_campaign_of_24_kills_then_bit_identical(tmp_path, reference):
-  total = 40
+  total = 80
   kinds = ["save", "step", "startup", "save", "resume", "step"] * 4
   tally = _kill_campaign(str(tmp_path), total, kinds, seed=2)
   print("kill -9 campaign (slow):", tally)
   assert tally["kills"] == 24
   assert tally["inside_save"] >= 1      # some kills landed while a save was being written
+  assert tally["resumed_from_checkpoint"] >= 12
   _assert_bit_identical(_state(tmp_path, total), _state(reference(total), total))
 
 
