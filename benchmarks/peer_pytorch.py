@@ -32,7 +32,8 @@ Shapes (the same names as `benchmarks/train_speed.py --peer_shapes`):
   128px  128x128, ch 64, batch 8,  attention at 64x64 in G and D (the paper's model)
 
 Prints one JSON line per shape: median (and min) seconds per iteration over
---steps timed iterations after --warmup untimed ones, images/s, G and D
+--steps timed iterations after --warmup untimed ones, the median process CPU
+seconds (all threads) per iteration, images/s, G and D
 trainable parameter counts (equal to sagan_jax's at these shapes), the last
 losses, torch version, threads (default: all cores, as XLA:CPU uses them),
 CPU model and the checkout's commit.
@@ -176,17 +177,19 @@ def bench_shape(modules, checkout: str, name: str, steps: int, warmup: int, seed
 
   for _ in range(warmup):
     iteration()
-  times = []
+  times, cpu_times = [], []
   for _ in range(steps):
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     metrics = iteration()
     times.append(time.perf_counter() - t)
+    cpu_times.append(time.process_time() - c)
   s = statistics.median(times)
   return {"peer": "BigGAN-PyTorch", "shape": name, "resolution": res,
           "ch": config["G_ch"], "batch_size": batch, "attention": config["G_attn"],
           "g_params": count(G), "d_params": count(D), "dtype": "float32",
           "steps": steps, "warmup": warmup, "sec_per_iteration": round(s, 4),
           "sec_per_iteration_min": round(min(times), 4),
+          "cpu_sec_per_iteration": round(statistics.median(cpu_times), 4),
           "images_per_sec": round(batch / s, 2),
           "losses": {k: round(v, 4) for k, v in metrics.items()}}
 

@@ -5,11 +5,12 @@ r"""Training-step throughput, printed as one JSON line per config.
   python benchmarks/train_speed.py --peer_shapes --steps 5 --warmup 1   # vs BigGAN-PyTorch
 
 For each config: compile time, seconds per iteration (median of --steps
-timed iterations after --warmup), images/s, the XLA FLOPs of one
-iteration, and achieved GFLOP/s. It also measures this machine's float32
-(and bfloat16) matmul peak in the same run, so the `mfu` field is achieved
-FLOP/s over that measured peak (on accelerators pass --peak_tflops for the
-datasheet peak instead).
+timed iterations after --warmup; also the median process CPU seconds, all
+threads, per iteration, which other jobs on a shared machine move less),
+images/s, the XLA FLOPs of one iteration, and achieved GFLOP/s. It also
+measures this machine's float32 (and bfloat16) matmul peak in the same run,
+so the `mfu` field is achieved FLOP/s over that measured peak (on
+accelerators pass --peak_tflops for the datasheet peak instead).
 
 --peer_shapes NAME... runs configs/imagenet128.py at the shapes that
 benchmarks/peer_pytorch.py times BigGAN-PyTorch's SAGAN at (32px, 128px; all
@@ -96,19 +97,21 @@ def bench_config(path: str, overrides: list[str], steps: int, warmup: int) -> di
   for _ in range(warmup):
     state, metrics = step_fn(state, batch(), rng)
   jax.block_until_ready(state)  # (state, not metrics: --warmup 0 runs no step here)
-  times = []
+  times, cpu_times = [], []
   for _ in range(steps):
     b = batch()
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     state, metrics = step_fn(state, b, rng)
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - t)
+    cpu_times.append(time.process_time() - c)
   s = statistics.median(times)
   return {"config": os.path.basename(path), "overrides": overrides,
           "resolution": m.resolution, "ch": m.ch, "batch_size": config.batch_size,
           "g_params": count(state.g["params"]), "d_params": count(state.d["params"]),
           "dtype": m.dtype, "devices": mesh.devices.size, "compile_s": round(compile_s, 2),
           "sec_per_iteration": round(s, 4), "sec_per_iteration_min": round(min(times), 4),
+          "cpu_sec_per_iteration": round(statistics.median(cpu_times), 4),
           "steps_per_sec": round(1 / s, 3), "images_per_sec": round(config.batch_size / s, 2),
           "gflop_per_iteration": round(flops / 1e9, 2),
           "achieved_gflops": round(flops / s / 1e9, 1)}
