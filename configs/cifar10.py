@@ -19,6 +19,7 @@ def get_config():
   c.data.shuffle_buffer = 50_000  # the whole training set (small encoded PNGs)
   c.model.resolution = 32         # CIFAR's native size: images pass unresized
   c.model.num_classes = 10        # CIFAR-10 classes
+  c.model.d_ch = 32               # D blocks 128 wide: StudioGAN's 32x32 D is 2 x d_conv_dim 64
   c.model.g_attention = (16,)     # after G's second block (StudioGAN attn_g_loc [2])
   c.model.d_attention = (16,)     # after D's first block (StudioGAN attn_d_loc [1])
   c.batch_size = 64               # StudioGAN's CIFAR batch
