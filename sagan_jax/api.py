@@ -23,6 +23,7 @@ import ml_collections
 import numpy as np
 
 from sagan_jax import checkpointing, images, parallel, sampling
+from sagan_jax.errors import ConfigError
 from sagan_jax.state import Models, TrainState, abstract_state, generator_variables
 
 
@@ -64,13 +65,19 @@ class Run:
                     conditional=self.config.model.num_classes > 0)
 
   def sample(self, num: int, seed: int = 0, labels=None, ema: bool = True,
-             batch_size: int = 100, truncation: float | None = None) -> np.ndarray:
-    """uint8 [num, H, W, 3]; labels default to 0, 1, ..., K-1, 0, 1, ... (balanced)."""
+             batch_size: int | None = None, truncation: float | None = None) -> np.ndarray:
+    """uint8 [num, H, W, 3]; labels default to 0, 1, ..., K-1, 0, 1, ... (balanced).
+
+    The noise of batch i comes from fold_in(PRNGKey(seed), i) in batches of
+    `batch_size` (default min(100, num)): the same seed and batch size give
+    the same images.
+    """
     if labels is None:
       labels = sampling.balanced_labels(num, self.config.model.num_classes)
+    batch_size = batch_size or min(100, max(num, 1))
     return sampling.generate_from_state(self.config, self.models, self.state,
-                                        np.asarray(labels, np.int32), seed,
-                                        min(batch_size, max(num, 1)), ema, truncation)
+                                        np.asarray(labels, np.int32), seed, batch_size, ema,
+                                        truncation)
 
   def with_standing_stats(self, num_passes: int, batch_size: int = 100, seed: int = 0,
                           ema: bool = True) -> Run:
@@ -83,11 +90,19 @@ class Run:
     else of the state changes).
     """
     if num_passes < 1:
-      raise ValueError(f"num_passes must be >= 1, got {num_passes}")
+      raise ConfigError(f"standing statistics need at least 1 pass (got {num_passes})")
+    m = self.config.model
+    key = jax.random.PRNGKey(seed)
+
+    def batches():
+      for i in range(num_passes):
+        kz, ky = jax.random.split(jax.random.fold_in(key, i))
+        y = jax.random.randint(ky, (batch_size,), 0, m.num_classes) if m.num_classes else None
+        yield jax.random.normal(kz, (batch_size, m.z_dim)), y
+
     name = "ema" if ema else "g"
     variables = getattr(self.state, name)
-    stats = standing_batch_stats(self.models.generator, variables, num_passes, batch_size,
-                                 self.config.model, seed)
+    stats = standing_batch_stats(self.models.generator, variables, batches())
     new = {**variables, "batch_stats": stats}
     return dataclasses.replace(self, state=self.state.replace(**{name: new}))
 
@@ -102,27 +117,27 @@ def load(workdir: str, step: int | None = None) -> Run:
   return Run(config, models, state)
 
 
-def standing_batch_stats(generator, variables: dict, num_passes: int, batch_size: int,
-                         model_config, seed: int = 0) -> dict:
-  """The mean over `num_passes` train-mode passes of every BN layer's batch mean and var."""
+def standing_batch_stats(generator, variables: dict, batches) -> dict:
+  """Every BN layer's batch mean and var, averaged over train-mode passes on `batches`.
+
+  batches: an iterable of (z, labels or None). Nothing of `variables` changes.
+  """
   # momentum 0: after a pass the running statistics are exactly that batch's.
-  gen = generator.clone(bn_momentum=0.0)
-  step = _standing_pass(gen, model_config.z_dim, model_config.num_classes, batch_size)
-  key = jax.random.PRNGKey(seed)
-  total = None
-  for i in range(num_passes):
-    stats = step(variables, jax.random.fold_in(key, i))
+  step = _standing_pass(generator.clone(bn_momentum=0.0))
+  total, n = None, 0
+  for z, y in batches:
+    stats = step(variables, z, y)
     total = stats if total is None else jax.tree.map(jnp.add, total, stats)
-  return jax.tree.map(lambda s: s / num_passes, total)
+    n += 1
+  if total is None:
+    raise ValueError("standing statistics need at least one batch")
+  return jax.tree.map(lambda s: s / n, total)
 
 
 @functools.lru_cache(maxsize=8)
-def _standing_pass(generator, z_dim: int, num_classes: int, batch_size: int):
+def _standing_pass(generator):
   @jax.jit
-  def step(variables, key):
-    kz, ky = jax.random.split(key)
-    z = jax.random.normal(kz, (batch_size, z_dim))
-    y = jax.random.randint(ky, (batch_size,), 0, num_classes) if num_classes else None
+  def step(variables, z, y):
     _, updates = generator.apply(variables, z, y, train=True,
                                  mutable=["batch_stats", "spectral"])
     return updates["batch_stats"]

@@ -146,7 +146,7 @@ def studiogan_g(ch=8, z_dim=8, classes=3, attn_loc=(2,), legacy=False, seed=2):
   return sd
 
 
-def studiogan_d(ch=8, classes=3, attn_loc=(1,), seed=3):
+def studiogan_d(ch=16, classes=3, attn_loc=(1,), seed=3):
   sd = _Dict(np.random.default_rng(seed))
   outs, downs = [ch * m for m in STUDIOGAN_D32[0]], STUDIOGAN_D32[1]
   i, j = 3, 0

@@ -30,6 +30,7 @@ FRAMEWORKS = {"biggan-pytorch": biggan_pytorch, "studiogan": studiogan}
 @dataclasses.dataclass
 class Result:
   config: ml_collections.ConfigDict
+  models: state_lib.Models
   state: state_lib.TrainState
   source: common.Source
   changes: list[str]    # config fields set to the source's values
@@ -84,7 +85,7 @@ def convert(kind: str, weights_dir: str, config: ml_collections.ConfigDict, sele
   state = state_lib.TrainState(step=jnp.asarray(step, jnp.int32), g=g, ema=ema, d=d, opt=opt)
   state = jax.tree.map(jnp.asarray, state)
   _check_like(state, template)
-  return Result(config, state, src, changes, notes)
+  return Result(config, models, state, src, changes, notes)
 
 
 def write_run(workdir: str, result: Result) -> str:

@@ -172,14 +172,15 @@ class TreeBuilder:
       want = want[p]
     value = np.asarray(value)
     if tuple(value.shape) != tuple(want.shape):
-      raise CheckpointError(
-          f"{self.sd.name}: tensor {source!r} gives shape {tuple(value.shape)} for "
-          f"{collection}/{'/'.join(path)}, the config's model needs {tuple(want.shape)}: "
-          f"{_HINT}.")
+      raise self.mismatch(source, value.shape, f"{collection}/{'/'.join(path)}", want.shape)
     node = self.tree.setdefault(collection, {})
     for p in path[:-1]:
       node = node.setdefault(p, {})
     node[path[-1]] = value.astype(want.dtype)
+
+  def mismatch(self, source: str, got, where: str, want) -> CheckpointError:
+    return CheckpointError(f"{self.sd.name}: tensor {source!r} gives shape {tuple(got)} for "
+                           f"{where}, the config's model needs {tuple(want)}: {_HINT}.")
 
   def param(self, path: tuple[str, ...], key: str, value: np.ndarray,
             layout: Callable = identity, scale: float = 1.0, offset: float = 0.0) -> None:
@@ -208,6 +209,12 @@ class TreeBuilder:
     layout = {"conv": conv_layout, "dense": dense_layout, "embed": identity}[kind]
     u = carry_sigma(sn.weight.reshape(sn.weight.shape[0], -1), sn.u, sn.sigma, self.sn_eps)
     if perm is not None:   # G's input linear: output features (C, H, W) -> (H, W, C)
+      if sn.weight.shape[0] != perm.size:
+        want = self.template["params"]
+        for p in path:
+          want = want[p]
+        raise self.mismatch(key, sn.weight.T.shape, f"params/{'/'.join(path)}/kernel",
+                            want["kernel"].shape)
       layout = _permuted(layout, perm, axis=-1)
       u = u[perm]
     self.param(path + ("embedding" if kind == "embed" else "kernel",), key, sn.weight, layout)
