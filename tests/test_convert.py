@@ -15,6 +15,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -105,10 +106,10 @@ def test_biggan_conv_layout_gain_offset_and_bn_statistics(folder):
   np.testing.assert_allclose(r.state.d["params"]["embed"]["embedding"], pl.biggan_d()["embed.weight"])
 
 
-def _our_sigma(kernel_or_table, u, eps):
-  w_mat = kernel_or_table if kernel_or_table.ndim == 2 and u.shape[0] == kernel_or_table.shape[0] \
-      else layers.as_matrix(kernel_or_table)
-  return float(layers.power_iteration(w_mat, u, 0, eps)[2])
+def _our_sigma(leaf: dict, u, eps):
+  """What our evaluation divides this layer by: power_iteration with 0 iterations."""
+  w_mat = leaf["embedding"] if "embedding" in leaf else layers.as_matrix(leaf["kernel"])
+  return float(layers.power_iteration(jnp.asarray(w_mat), jnp.asarray(u), 0, eps)[2])
 
 
 def test_our_eval_sigma_is_the_peers(folder):
@@ -128,17 +129,15 @@ def test_our_eval_sigma_is_the_peers(folder):
     sn = tree["spectral"]
     for k in ours:
       leaf, sn = leaf[k], sn[k]
-    kernel = leaf.get("kernel", leaf.get("embedding"))
-    assert _our_sigma(np.asarray(kernel), np.asarray(sn["sn"]["u"]), eps) == pytest.approx(
-        want, rel=1e-5)
+    assert _our_sigma(leaf, sn["sn"]["u"], eps) == pytest.approx(want, rel=1e-5)
 
   sg, sdd = pl.studiogan_g(), pl.studiogan_d()
   r = _convert("studiogan", studiogan_folder(folder, sg, sdd), STUDIOGAN)
   w = sg["blocks.0.0.conv2d1.weight_orig"].astype(np.float64)
   want = sg["blocks.0.0.conv2d1.weight_u"] @ w.reshape(w.shape[0], -1) @ sg[
       "blocks.0.0.conv2d1.weight_v"]
-  got = _our_sigma(np.asarray(r.state.g["params"]["block1"]["conv1"]["kernel"]),
-                   np.asarray(r.state.g["spectral"]["block1"]["conv1"]["sn"]["u"]), 1e-6)
+  got = _our_sigma(r.state.g["params"]["block1"]["conv1"],
+                   r.state.g["spectral"]["block1"]["conv1"]["sn"]["u"], 1e-6)
   assert got == pytest.approx(want, rel=1e-5)
 
 
@@ -238,6 +237,13 @@ def test_biggan_training_config_is_checked(folder):
   meta["config"].update(G_shared=False)
   r = _convert("biggan-pytorch", biggan_folder(folder, **{"state_dict.pth": meta}), BIGGAN)
   assert int(r.state.step) == 12 and r.config.model.sn_eps == 1e-6
+
+
+def test_config_fields_for_the_peers_are_validated():
+  with pytest.raises(config_base.ConfigError, match=r"model\.d_ch=-8"):
+    config_base.validate(config({"model.d_ch": -8}))
+  with pytest.raises(config_base.ConfigError, match="model.d_ch=12"):
+    config_base.validate(config({"model.d_ch": 12}))     # D attention needs C/8 channels
 
 
 def test_folder_and_optimizer_mistakes(folder, tmp_path):

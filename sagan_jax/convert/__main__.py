@@ -59,6 +59,7 @@ def main(argv):
   if not os.path.isdir(FLAGS.weights):
     raise app.UsageError(f"--weights {FLAGS.weights}: not a directory")
   from sagan_jax.convert import build
+  build.check_new_workdir(FLAGS.workdir)
   overrides = config_flags.get_override_values(FLAGS["config"])
   result = build.convert(FLAGS["from"].value, FLAGS.weights, FLAGS.config, FLAGS.select,
                          FLAGS.optimizer, frozenset(overrides))

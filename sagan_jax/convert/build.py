@@ -88,12 +88,16 @@ def convert(kind: str, weights_dir: str, config: ml_collections.ConfigDict, sele
   return Result(config, models, state, src, changes, notes)
 
 
+def check_new_workdir(workdir: str) -> None:
+  """Refuses a workdir that already holds checkpoints (nothing is overwritten)."""
+  cdir = checkpointing.checkpoint_dir(workdir)
+  if cdir.exists() and checkpointing.manager(workdir, create=False).latest_step() is not None:
+    raise CheckpointError(f"{cdir} already holds checkpoints; convert into a new --workdir.")
+
+
 def write_run(workdir: str, result: Result) -> str:
   """Saves the converted state as an ordinary checkpoint; refuses a workdir that has one."""
-  mngr = checkpointing.manager(workdir, create=False)
-  if checkpointing.checkpoint_dir(workdir).exists() and mngr.latest_step() is not None:
-    raise CheckpointError(f"{checkpointing.checkpoint_dir(workdir)} already holds checkpoints; "
-                          "convert into a new --workdir.")
+  check_new_workdir(workdir)
   ckpt = checkpointing.Checkpointer(workdir, result.config)
   step = int(result.state.step)
   ckpt.save(step, result.state)
