@@ -17,6 +17,7 @@ See docs/pretrained.md.
 from __future__ import annotations
 
 import os
+import shlex
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -46,8 +47,10 @@ def continue_command(config_spec: str, workdir: str, changes: list[str], overrid
   for change in changes:                 # 'config.model.sn_eps: 1e-12 -> 1e-08'
     name, _, values = change.partition(": ")
     fields[name[len("config."):]] = values.split(" -> ")[-1]
-  extra = "".join(f" --config.{k}={v}" for k, v in fields.items())
-  return f"python -m sagan_jax.main --config {config_spec} --workdir {workdir}{extra}"
+  show = lambda v: (",".join(map(str, v)) or "()") if isinstance(v, tuple) else v  # noqa: E731
+  extra = "".join(" " + shlex.quote(f"--config.{k}={show(v)}") for k, v in fields.items())
+  return (f"python -m sagan_jax.main --config {shlex.quote(config_spec)} "
+          f"--workdir {shlex.quote(workdir)}{extra}")
 
 
 @utils.cli_main

@@ -158,7 +158,7 @@ def _check_arch(config, src: common.Source) -> None:
           "model.d_attention": tuple(sorted(m.d_attention))}
   for field, (value, option) in src.arch.items():
     if ours[field] != value:
-      shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
+      shown = (",".join(map(str, value)) or "()") if isinstance(value, tuple) else value
       raise CheckpointError(
           f"the {src.framework} run has {option}={value!r} but the config has "
           f"config.{field}={ours[field]!r}: add --config.{field}={shown} (or use a config "
