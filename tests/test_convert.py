@@ -103,7 +103,8 @@ def test_biggan_conv_layout_gain_offset_and_bn_statistics(folder):
   out = r.state.g["params"]
   assert float(out["attention16"]["gamma"]) == pytest.approx(0.3)
   np.testing.assert_allclose(out["bn_out"]["scale"], g["output_layer.0.gain"])
-  np.testing.assert_allclose(r.state.d["params"]["embed"]["embedding"], pl.biggan_d()["embed.weight"])
+  np.testing.assert_allclose(r.state.d["params"]["embed"]["embedding"],
+                             pl.biggan_d()["embed.weight"])
 
 
 def _our_sigma(leaf: dict, u, eps):

@@ -10,11 +10,10 @@ Layouts (PyTorch -> sagan_jax):
 Spectral norm: the source's evaluation divides each weight by some sigma_src
 (torch's spectral_norm: u.W v with the stored u and v; BigGAN-PyTorch: one
 more power iteration from its stored u, not saved). Ours in evaluation
-divides by ||W^T u|| for the stored u. `carry_sigma` stores
-u = u_hat * sigma_src / ||W^T u_hat||, so our evaluation uses exactly
-sigma_src whether or not the vectors had converged; a training step
-re-normalises u at its first power iteration (the direction is the
-source's u).
+divides by ||W^T u|| (less a term in eps) for the stored u. `carry_sigma`
+stores the source's u direction with the length that makes that exactly
+sigma_src, so our evaluation agrees whether or not the vectors had
+converged; a training step re-normalises u at its first power iteration.
 
 Every source tensor is used once or dropped on purpose (`StateDict`), every
 leaf of ours is filled once and shape-checked (`TreeBuilder`): an unknown,
