@@ -3,7 +3,7 @@ r"""Convert a PyTorch SAGAN checkpoint (BigGAN-PyTorch or StudioGAN) into a saga
   python -m sagan_jax.convert --from biggan-pytorch --weights weights/SAGAN_ema \
       --config configs/imagenet128.py --workdir runs/sagan128_from_torch
   python -m sagan_jax.convert --from studiogan --weights checkpoints/SAGAN-train-... \
-      --config configs/imagenet128.py:official --workdir runs/studiogan128 --select best
+      --config configs/imagenet128.py --workdir runs/studiogan128 --select best
 
 The workdir then holds an ordinary checkpoint (G, EMA G, D, both Adam states,
 the step) and its config: `sample`, `evaluate` and `main` (to continue
