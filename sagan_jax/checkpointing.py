@@ -37,7 +37,8 @@ from sagan_jax import config_base, integrity, utils
 from sagan_jax.errors import CheckpointError
 
 # Config fields that define the shapes in the state: a resumed run must match.
-_ARCH_FIELDS = ("resolution", "ch", "z_dim", "num_classes", "g_attention", "d_attention")
+_ARCH_FIELDS = ("resolution", "ch", "d_ch", "z_dim", "num_classes", "g_attention",
+                "d_attention", "d_relu_shortcut")
 
 
 def checkpoint_dir(workdir: str) -> epath.Path:
@@ -346,26 +347,6 @@ def read_config(workdir: str, step: int | None = None) -> ml_collections.ConfigD
   if config is None:
     raise CheckpointError(_no_checkpoint_message(workdir))
   return config
-
-
-def manager(workdir: str, keep: int = 1, create: bool = True) -> ocp.CheckpointManager:
-  """An Orbax CheckpointManager over WORKDIR/checkpoints, for tools that want one.
-
-  It applies none of the checks above: load through `load`/`find` (or check
-  with `restore_state`) instead.
-  """
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create)
-  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
-                               item_names=("state", "config"))
-
-
-def restore_state(mngr: ocp.CheckpointManager, step: int, template, workdir: str):
-  """The state of checkpoint `step` (its files verified first); CheckpointError if damaged."""
-  del mngr  # kept for callers written against the Orbax manager
-  restored = find(workdir, lambda _: template, step=step)
-  if restored is None:
-    raise CheckpointError(_no_checkpoint_message(workdir))
-  return restored.state
 
 
 def _check_compatible(saved: ml_collections.ConfigDict, config, workdir: str) -> None:
