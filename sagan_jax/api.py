@@ -22,9 +22,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from sagan_jax import checkpointing, images, parallel, sampling
+from sagan_jax import checkpointing, images, sampling
 from sagan_jax.errors import ConfigError
-from sagan_jax.state import Models, TrainState, abstract_state, generator_variables
+from sagan_jax.state import Models, TrainState, generator_variables, make_models
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,13 +108,13 @@ class Run:
 
 
 def load(workdir: str, step: int | None = None) -> Run:
-  """The run in `workdir` at its latest (or the given) checkpoint, on one device."""
-  config = checkpointing.read_config(workdir, step)
-  models, abstract = abstract_state(config, parallel.make_mesh(1))
-  mngr = checkpointing.manager(workdir, create=False)
-  step = mngr.latest_step() if step is None else step
-  state = checkpointing.restore_state(mngr, step, abstract, workdir)
-  return Run(config, models, state)
+  """The run in `workdir` at its newest intact (or the given) checkpoint, on one device.
+
+  The checkpoint's files are verified first; a damaged newest one is skipped
+  with a warning (see `checkpointing.load`).
+  """
+  restored = checkpointing.load(workdir, step)
+  return Run(restored.config, make_models(restored.config), restored.state)
 
 
 def standing_batch_stats(generator, variables: dict, batches) -> dict:

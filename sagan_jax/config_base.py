@@ -10,10 +10,15 @@ compilation.
 
 from __future__ import annotations
 
+import difflib
+import importlib.machinery
 import importlib.util
+import inspect
 import os
+import traceback
 
 import ml_collections
+from absl import logging
 
 from sagan_jax.errors import ConfigError
 
@@ -32,6 +37,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3     # how many recent checkpoints to keep
   c.eval_every = 0           # steps between in-training evaluations (0: off)
   c.loss = "hinge"           # adversarial loss: 'hinge' (SAGAN) or 'nonsaturating'
+  c.on_nan = "stop"          # on NaN/Inf: 'stop', or 'rollback' (last checkpoint, new noise)
+  c.max_rollbacks = 3        # on_nan='rollback': rollbacks allowed in the whole run, then stop
 
   c.model = ml_collections.ConfigDict()
   c.model.resolution = 128   # output/input image size; one of RESOLUTIONS
@@ -86,29 +93,117 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def merge_onto_defaults(saved: dict) -> ml_collections.ConfigDict:
+  """The saved config over today's defaults: fields added since are filled in."""
+  base = base_config()
+
+  def merge(node, values, prefix):
+    for k, v in values.items():
+      if k not in node:
+        logging.warning("checkpoint config field %s%s is no longer used; ignored", prefix, k)
+      elif isinstance(v, dict):
+        merge(node[k], v, f"{prefix}{k}.")
+      else:
+        node[k] = tuple(v) if isinstance(node[k], tuple) else v
+
+  merge(base, saved, "")
+  return base
+
+
 def load(spec: str, overrides: dict | None = None) -> ml_collections.ConfigDict:
   """The ConfigDict of a config file, `path/to/config.py[:variant]`, with overrides.
 
   overrides: {'model.ch': 16, ...} set after loading (dotted field names); a
   string value for a non-string field is parsed as that field's type
   ('16' -> 16, '(8,)' or '8' -> (8,), 'true' -> True), as on a command line.
+  Every mistake (no such file, a syntax error, no get_config, an unknown
+  field, a value of the wrong type) is a ConfigError saying which.
   """
   path, _, variant = spec.partition(":")
-  if not os.path.isfile(path):
-    raise ConfigError(f"config file {path!r} does not exist.")
-  mod_spec = importlib.util.spec_from_file_location(
-      os.path.splitext(os.path.basename(path))[0], path)
-  module = importlib.util.module_from_spec(mod_spec)
-  mod_spec.loader.exec_module(module)
-  if not hasattr(module, "get_config"):
-    raise ConfigError(f"config file {path!r} has no get_config() function.")
-  config = module.get_config(variant) if variant else module.get_config()
+  config = _call_get_config(_import_file(path), path, variant)
   for key, value in (overrides or {}).items():
-    node, parts = config, key.split(".")
-    for p in parts[:-1]:
-      node = node[p]
-    node[parts[-1]] = _parse_like(node[parts[-1]], value, key)
+    node, leaf = field(config, key)
+    try:
+      node[leaf] = _parse_like(node[leaf], value, key)
+    except TypeError as e:  # ConfigDict refuses a value of another type
+      raise ConfigError(f"config.{key}={value!r} is invalid: {e}") from None
   return config
+
+
+def _import_file(path: str):
+  """The config file executed as a module; ConfigError naming the line that failed."""
+  if not os.path.exists(path):
+    raise ConfigError(f"config file {path!r} does not exist.")
+  try:
+    with open(path, "rb"):
+      pass
+  except OSError as e:
+    raise ConfigError(f"cannot read config file {path!r}: {e.strerror}.") from None
+  name = os.path.splitext(os.path.basename(path))[0]
+  loader = importlib.machinery.SourceFileLoader(name, path)  # any file name, not only *.py
+  module = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, loader))
+  try:
+    loader.exec_module(module)
+  except SyntaxError as e:
+    raise ConfigError(f"config file {path!r} has a syntax error at line {e.lineno}: "
+                      f"{e.msg}.") from None
+  except Exception as e:  # noqa: BLE001 - whatever the file raises, say where
+    raise ConfigError(f"config file {path!r} failed{_where(e, path)}: "
+                      f"{type(e).__name__}: {e}") from None
+  return module
+
+
+def _where(e: BaseException, path: str) -> str:
+  """' at line N' of the innermost traceback frame in `path`, or ''."""
+  lines = [f.lineno for f in traceback.extract_tb(e.__traceback__)
+           if os.path.abspath(f.filename) == os.path.abspath(path)]
+  return f" at line {lines[-1]}" if lines else ""
+
+
+def _call_get_config(module, path: str, variant: str) -> ml_collections.ConfigDict:
+  get_config = getattr(module, "get_config", None)
+  if not callable(get_config):
+    raise ConfigError(f"config file {path!r} has no get_config() function.")
+  if variant and not inspect.signature(get_config).parameters:
+    raise ConfigError(f"config file {path!r} has no variants (got ':{variant}'); "
+                      f"use --config {path}.")
+  try:
+    config = get_config(variant) if variant else get_config()
+  except Exception as e:  # noqa: BLE001
+    call = f"get_config({variant!r})" if variant else "get_config()"
+    raise ConfigError(f"{call} of {path!r} failed{_where(e, path)}: "
+                      f"{type(e).__name__}: {e}") from None
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ConfigError(f"get_config() of {path!r} returned a {type(config).__name__}, not an "
+                      "ml_collections.ConfigDict.")
+  return config
+
+
+def field_names(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+  """Every leaf field as a dotted name ('model.ch', ...)."""
+  out = []
+  for k, v in config.items():
+    if isinstance(v, ml_collections.ConfigDict):
+      out.extend(field_names(v, f"{prefix}{k}."))
+    else:
+      out.append(f"{prefix}{k}")
+  return out
+
+
+def field(config: ml_collections.ConfigDict, key: str) -> tuple[ml_collections.ConfigDict, str]:
+  """(the ConfigDict holding dotted field `key`, its last name); ConfigError if no such field."""
+  node, parts = config, key.split(".")
+  for p in parts[:-1]:
+    node = node.get(p) if isinstance(node, ml_collections.ConfigDict) else None
+  if not isinstance(node, ml_collections.ConfigDict) or parts[-1] not in node:
+    close = difflib.get_close_matches(key, field_names(config), n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    raise ConfigError(f"config has no field {key!r}{hint} (sagan_jax/config_base.py lists "
+                      "every field with its meaning).")
+  if isinstance(node[parts[-1]], ml_collections.ConfigDict):
+    raise ConfigError(f"config.{key} is a group of fields, not one value; set one of its "
+                      f"fields, e.g. config.{key}.{next(iter(node[parts[-1]].keys()))}.")
+  return node, parts[-1]
 
 
 def _parse_like(old, value, key: str):
@@ -149,6 +244,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _check(isinstance(c[f], int) and c[f] >= 0, f, c[f], "must be an integer >= 0")
   _check(c.loss in ("hinge", "nonsaturating"), "loss", c.loss,
          "use 'hinge' or 'nonsaturating'")
+  _check(c.on_nan in ("stop", "rollback"), "on_nan", c.on_nan, "use 'stop' or 'rollback'")
+  _check(isinstance(c.max_rollbacks, int) and c.max_rollbacks >= 0, "max_rollbacks",
+         c.max_rollbacks, "must be an integer >= 0")
   m = c.model
   _check(m.resolution in RESOLUTIONS, "model.resolution", m.resolution,
          f"use one of {RESOLUTIONS}")

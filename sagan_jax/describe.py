@@ -134,4 +134,4 @@ if __name__ == "__main__":
                        "On CPU, that many virtual devices are created.")
   flags.DEFINE_bool("no_compile", False, "Only count parameters (no XLA compile).")
   flags.mark_flag_as_required("config")
-  app.run(main)
+  utils.run(main)

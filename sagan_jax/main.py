@@ -4,8 +4,10 @@ r"""Train or resume SAGAN.
   python -m sagan_jax.main --config configs/imagenet128.py --workdir gs://bucket/run \
       --config.batch_size=512
 
-Rerunning with the same --workdir resumes from its latest checkpoint.
-Every hyperparameter is a `--config.<field>=<value>` override.
+Rerunning with the same --workdir resumes from its newest intact checkpoint.
+Every hyperparameter is a `--config.<field>=<value>` override. A mistake in
+the flags, the config or the workdir stops in the first seconds with one
+`error: ...` line (exit status 2), before anything is written.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import os
 # TensorFlow (used by clu's writers and the TFDS pipeline) stays quiet and off accelerators.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
+
+from sagan_jax import utils
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
@@ -26,13 +30,13 @@ flags.DEFINE_string("workdir", None, "Directory (or gs:// path) for checkpoints,
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+@utils.cli_main
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not FLAGS["verbosity"].present:
-    # Progress goes to stdout; library INFO chatter (Orbax, clu) only with -v 0.
-    logging.set_verbosity(logging.WARNING)
-  from sagan_jax import distributed, utils
+  from sagan_jax import config_base, distributed, integrity
+  config_base.validate(FLAGS.config)
+  integrity.check_workdir(FLAGS.workdir)
   distributed.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
   import jax
   from sagan_jax import train
@@ -40,8 +44,10 @@ def main(argv):
   train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
+def _define_distributed_flags():
+  from sagan_jax import distributed   # imports JAX: after the --config file was checked
+  distributed.define_flags()
+
+
 if __name__ == "__main__":
-  from sagan_jax import distributed as _distributed
-  from sagan_jax import utils as _utils
-  _distributed.define_flags()
-  app.run(_utils.cli_main(main))
+  utils.run(main, _define_distributed_flags)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 
 from sagan_jax import api, exploration, images, utils
 from sagan_jax.sampling import balanced_labels
@@ -63,8 +63,12 @@ def write_attention(run: api.Run, classes, use_ema):
   name = FLAGS.attention_layer or sorted(maps)[0]
   if name not in maps:
     raise app.UsageError(f"--attention_layer {name!r}: G has {sorted(maps)}")
-  queries = (exploration.parse_queries(FLAGS.queries, m.resolution) if FLAGS.queries
-             else exploration.default_queries(m.resolution))
+  try:
+    queries = (exploration.parse_queries(FLAGS.queries, m.resolution) if FLAGS.queries
+               else exploration.default_queries(m.resolution))
+  except ValueError as e:
+    raise app.UsageError(f"--queries {FLAGS.queries!r}: {e} (give row:col,row:col in "
+                         "pixels)") from None
   tiles = exploration.attention_sheet(images.to_uint8(out), np.asarray(maps[name]), queries)
   images.save_png(FLAGS.attention, images.make_grid(tiles, 1 + len(queries)),
                   scale=FLAGS.scale or max(1, 128 // m.resolution))
@@ -75,8 +79,6 @@ def write_attention(run: api.Run, classes, use_ema):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # keep Orbax's INFO chatter out of the way
   if not (FLAGS.out or FLAGS.npz or FLAGS.interpolate or FLAGS.attention):
     raise app.UsageError("give --out grid.png, --npz samples.npz, --interpolate interp.png "
                          "or --attention attn.png")
@@ -88,7 +90,10 @@ def main(argv):
     utils.say(f"standing statistics: G's BN statistics from {FLAGS.standing_stats} passes of "
               f"{FLAGS.batch_size}")
   if FLAGS.classes:
-    classes = [int(c) for c in FLAGS.classes.split(",")]
+    try:
+      classes = [int(c) for c in FLAGS.classes.split(",")]
+    except ValueError:
+      raise app.UsageError(f"--classes {FLAGS.classes!r}: give class ids like 3,5") from None
     bad = [c for c in classes if not 0 <= c < max(m.num_classes, 1)]
     if bad:
       raise app.UsageError(f"--classes {bad} outside 0..{max(m.num_classes, 1) - 1}")
@@ -141,4 +146,4 @@ if __name__ == "__main__":
   flags.DEFINE_string("attention_layer", None, "Which G attention layer, e.g. attention64 "
                       "(default: the first).")
   flags.mark_flag_as_required("workdir")
-  app.run(main)
+  utils.run(main)

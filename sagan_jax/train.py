@@ -21,8 +21,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from sagan_jax import (checkpointing, config_base, errors, images, losses, parallel, sampling,
-                       utils)
+from sagan_jax import (checkpointing, config_base, errors, images, integrity, losses, parallel,
+                       sampling, utils)
 from sagan_jax.models import layers
 from sagan_jax.state import Models, TrainState, abstract_state, class_labels, create_state
 
@@ -134,9 +134,21 @@ def make_train_step(models: Models, config, mesh) -> Callable:
                  out_shardings=(rep, rep), donate_argnums=(0,))
 
 
-def step_rng(config, mesh) -> jax.Array:
-  """The base key of every step's noise, PRNGKey(config.seed), replicated on the mesh."""
-  return jax.device_put(np.asarray(jax.random.PRNGKey(config.seed)), parallel.replicated(mesh))
+# Folded into the noise key after a rollback (a number no step reaches).
+_ROLLBACK_SALT = 2**31 - 1
+
+
+def step_rng(config, mesh, rollbacks: int = 0) -> jax.Array:
+  """The base key of every step's noise, replicated on the mesh.
+
+  PRNGKey(config.seed); after the k-th rollback (on_nan='rollback') that key
+  with (salt, k) folded in, so the rolled-back run draws new noise, and a run
+  resumed from a checkpoint saved after k rollbacks draws the same.
+  """
+  key = jax.random.PRNGKey(config.seed)
+  if rollbacks:
+    key = jax.random.fold_in(jax.random.fold_in(key, _ROLLBACK_SALT), rollbacks)
+  return jax.device_put(np.asarray(key), parallel.replicated(mesh))
 
 
 def _check_source(source, m) -> None:
@@ -164,38 +176,43 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   stop_after: stop (with a checkpoint) once this step is reached, as if
   preempted; used by tests of resumption.
   """
-  from clu import metric_writers
-
+  # Every check that needs no data, compile or write comes first.
+  config_base.validate(config)
+  integrity.check_workdir(workdir)
+  mesh = mesh if mesh is not None else parallel.make_mesh(config.mesh.num_devices)
+  parallel.check_batch_size(config.batch_size, mesh)
   from sagan_jax import data as data_lib
   from sagan_jax.evaluation import evaluators
 
-  config_base.validate(config)
-  mesh = mesh if mesh is not None else parallel.make_mesh(config.mesh.num_devices)
-  parallel.check_batch_size(config.batch_size, mesh)
   is_chief = jax.process_index() == 0
-  ckpt = checkpointing.Checkpointer(workdir, config)
   n_critic = config.optim.n_critic
-  # The data first: a missing dataset fails before anything is compiled.
-  planned_start = ckpt.latest_step() or 0
-  source = data_lib.make_source(config, process_index=jax.process_index(),
-                                process_count=jax.process_count(),
-                                start_batch=planned_start * n_critic)
-  _check_source(source, config.model)
-  models, abstract = abstract_state(config, mesh)
-  state = ckpt.restore_latest(abstract)
-  if state is None:
-    state = create_state(models, config, mesh)
-  start = int(state.step)
-  if start != planned_start:
-    raise errors.CheckpointError(
-        f"restored step {start} but the latest checkpoint is {planned_start}.")
+  ckpt = checkpointing.Checkpointer(workdir, config)   # writes nothing before its first save
 
+  def make_source(step: int):
+    source = data_lib.make_source(config, process_index=jax.process_index(),
+                                  process_count=jax.process_count(),
+                                  start_batch=step * n_critic)
+    _check_source(source, config.model)
+    return source
+
+  # The data first: a missing dataset fails before the model is built or compiled.
+  planned = ckpt.latest_step() or 0
+  source = make_source(planned)
+  models, abstract = abstract_state(config, mesh)
+  restored = ckpt.restore(abstract)
+  start = restored.step if restored else 0
+  if start != planned:   # fell back past a damaged checkpoint
+    source = make_source(start)
+  state = restored.state if restored else create_state(models, config, mesh)
+  rollbacks = restored.rollbacks if restored else 0
+
+  from clu import metric_writers
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief,
                                                 asynchronous=False)
   if start == 0:
     writer.write_hparams(utils.flatten_dict(config.to_dict()))
   step_fn = make_train_step(models, config, mesh)
-  rng = step_rng(config, mesh)
+  rng = step_rng(config, mesh, rollbacks)
   grid_z, grid_y, grid_cols = sampling.grid_inputs(config)
   scale = max(1, 128 // config.model.resolution)
 
@@ -223,10 +240,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     local = {k: np.stack([p[k] for p in parts]) for k in ("image", "label")}
     return parallel.global_batch(local, mesh, leading_axes=1)
 
+  def recover(what: str):
+    """on_nan: stop with a message, or go back to the newest intact checkpoint."""
+    nonlocal state, step, rollbacks, rng, source, last_ckpt
+    if config.on_nan == "stop" or rollbacks >= config.max_rollbacks:
+      raise errors.NonFiniteLossError(utils.nonfinite_message(
+          what, step, last_ckpt, workdir, rollbacks if config.on_nan == "rollback" else None))
+    ckpt.finish()
+    back = ckpt.restore(abstract)
+    if back is None:
+      raise errors.NonFiniteLossError(
+          f"{what} at step {step}, before the first checkpoint: nothing to roll back to. "
+          "Rerun with another --config.seed or lower learning rates.")
+    rollbacks += 1
+    utils.say("rollback %d of at most %d: %s at step %d; back to step %d with new noise",
+              rollbacks, config.max_rollbacks, what, step, back.step)
+    state, step, last_ckpt = back.state, back.step, back.step
+    rng, source = step_rng(config, mesh, rollbacks), make_source(back.step)
+
   end = config.total_steps if stop_after is None else min(stop_after, config.total_steps)
   utils.say("Training %s: steps %d -> %d, global batch %d on %d devices (%d processes).",
             workdir, start, end, config.batch_size, mesh.devices.size, jax.process_count())
-  last_ckpt = ckpt.latest_step()
+  last_ckpt = start if restored else None
   t_log, step_log = time.time(), start
   t_start = time.time()
   step = start
@@ -235,6 +270,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       while step < end:
         state, metrics = step_fn(state, next_batch(), rng)
         step += 1
+        ckpt.poll()  # a save that failed in the background stops the run now
         if step == start + 1:  # throughput and ETA exclude the first step's compilation
           jax.block_until_ready(metrics)
           t_log, step_log = time.time(), step
@@ -242,9 +278,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         ckpt_now = step % config.checkpoint_every == 0 or step == end
         stop_now = preempt.should_stop(step)
         if log_now or ckpt_now or stop_now:
-          # Never log or save a state whose losses went NaN/Inf.
+          # Never log or save a state whose losses, parameters or optimiser state went NaN/Inf.
           scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
-          utils.check_finite(scalars, step, last_ckpt, workdir)
+          bad = utils.nonfinite(scalars)
+          what = f"non-finite values {bad}" if bad else ""
+          if not bad and (ckpt_now or stop_now) and not checkpointing.all_finite(state):
+            what = "non-finite parameters or optimizer state"
+          if what:
+            recover(what)
+            t_log, step_log = time.time(), step
+            continue
         if log_now:
           now = time.time()
           sps = (step - step_log) / max(now - t_log, 1e-9)
@@ -253,7 +296,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           _log_line(step, end, scalars, sps, config.batch_size, now - t_start)
           t_log, step_log = now, step
         if ckpt_now or stop_now:
-          ckpt.save(step, state)
+          ckpt.save(step, state, rollbacks)
           last_ckpt = step
         if (config.sample_every and step % config.sample_every == 0) or step == end:
           write_samples(step)
@@ -263,9 +306,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           utils.say("Stopped at step %d on request (SIGTERM); rerun with the same --workdir "
                     "to resume.", step)
           break
+  except BaseException:
+    ckpt.finish(raise_errors=False)  # a started save completes; the first error is reported
+    raise
   finally:
-    ckpt.wait()  # a started save completes (or is discarded), even on error
     if best is not None:
       best.wait()
-    writer.flush()
+    writer.close()
+  ckpt.finish()
   return state

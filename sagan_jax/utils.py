@@ -14,17 +14,23 @@ import signal
 import sys
 from typing import Any, Callable
 
-import jax
 import numpy as np
-from absl import app, logging
+from absl import app, flags, logging
 
 from sagan_jax import errors
 
 
 def say(msg: str, *args, err: bool = False) -> None:
   """One line of human-readable progress (chief process only); stderr with err=True."""
+  import jax  # here: the flag parsing below runs before JAX is imported
   if jax.process_index() == 0:
     print(msg % args if args else msg, file=sys.stderr if err else sys.stdout, flush=True)
+
+
+def fail(message) -> None:
+  """Prints `error: message` once on stderr and exits with status 2 (a mistake to fix)."""
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(2)
 
 
 def cli_main(main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
@@ -35,11 +41,62 @@ def cli_main(main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
     try:
       return main(argv)
     except (errors.UserError, app.UsageError) as e:
-      logging.info("stopping: %s: %s", type(e).__name__, e)
-      print(f"error: {e}", file=sys.stderr, flush=True)
-      sys.exit(2)
+      logging.debug("stopping: %s: %s", type(e).__name__, e)
+      fail(e)
 
   return wrapped
+
+
+def run(main: Callable[[list[str]], Any], define_flags: Callable[[], None] | None = None):
+  """`app.run(main)` for a command (its `main` wrapped in `cli_main`), with `parse_flags`.
+
+  define_flags: defines more flags after the --config file was checked (so a
+  mistake there is reported before the imports it needs).
+  """
+  app.run(main, flags_parser=functools.partial(parse_flags, define_flags=define_flags))
+
+
+def parse_flags(argv: list[str], define_flags: Callable[[], None] | None = None) -> list[str]:
+  """absl's flag parsing, where a mistake prints one `error: ...` line and exits 2.
+
+  The --config file and the fields its `--config.<field>` overrides name are
+  checked first (config_base.load: missing file, syntax error, no get_config,
+  unknown field), so that ml_collections' config flags, which parse them
+  again, never raise their tracebacks; a flag value of the wrong type is
+  absl's flags.Error. Runs before the command imports anything heavy. Sets
+  absl's verbosity to WARNING unless -v is given.
+  """
+  spec, fields = config_args(argv)
+  try:
+    if spec is not None and "config" in flags.FLAGS:
+      from sagan_jax import config_base
+      config = config_base.load(spec)
+      for name in fields:
+        config_base.field(config, name)
+    if define_flags is not None:
+      define_flags()
+    argv = flags.FLAGS(argv)
+  except (errors.UserError, flags.Error) as e:
+    fail(e)
+  if not flags.FLAGS["verbosity"].present:
+    # One message per event on the console; library INFO chatter (Orbax, clu) with -v 0.
+    logging.set_verbosity(logging.WARNING)
+  return argv
+
+
+def config_args(argv: list[str]) -> tuple[str | None, list[str]]:
+  """(the --config value, the field names of its --config.<field> overrides) in `argv`."""
+  spec, fields = None, []
+  args = argv[1:]
+  for i, arg in enumerate(args):
+    if arg == "--":
+      break
+    name, eq, value = arg.lstrip("-").partition("=") if arg.startswith("-") else ("", "", "")
+    if name == "config":
+      spec = value if eq else (args[i + 1] if i + 1 < len(args) else None)
+    elif name.startswith(("config.", "noconfig.")):
+      fields.append(name.split(".", 1)[1])
+  return spec, fields
 
 
 def format_duration(seconds: float) -> str:
@@ -62,18 +119,34 @@ def flatten_dict(d: dict, prefix: str = "") -> dict[str, Any]:
   return out
 
 
+def nonfinite(metrics: dict[str, float]) -> dict[str, float]:
+  """The metrics that are NaN or Inf."""
+  return {k: v for k, v in metrics.items() if not np.isfinite(v)}
+
+
+def nonfinite_message(what: str, step: int, last_ckpt: int | None, workdir: str,
+                      rollbacks: int | None = None) -> str:
+  """Why training stopped at `step` and where a rerun resumes from.
+
+  rollbacks: how many rollbacks (on_nan='rollback') were already spent.
+  """
+  where = (f"the last good checkpoint (step {last_ckpt}) in {workdir}/checkpoints is intact "
+           "and a rerun with the same --workdir resumes from it"
+           if last_ckpt is not None else "no checkpoint was written yet")
+  spent = "" if rollbacks is None else f" after {rollbacks} rollbacks (config.max_rollbacks)"
+  return (f"{what} at step {step}{spent}. Training stopped without saving this state; "
+          f"{where}. Try lower learning rates (--config.optim.d_lr / g_lr), float32 "
+          "(--config.model.dtype=float32), a different --config.seed" +
+          (" or --config.on_nan=rollback." if rollbacks is None else "."))
+
+
 def check_finite(metrics: dict[str, float], step: int, last_ckpt: int | None,
                  workdir: str) -> None:
   """Raises NonFiniteLossError if any metric is NaN/Inf, saying where to resume from."""
-  bad = {k: v for k, v in metrics.items() if not np.isfinite(v)}
+  bad = nonfinite(metrics)
   if bad:
-    where = (f"the last good checkpoint (step {last_ckpt}) in {workdir}/checkpoints is intact "
-             "and a rerun with the same --workdir resumes from it"
-             if last_ckpt is not None else "no checkpoint was written yet")
-    raise errors.NonFiniteLossError(
-        f"non-finite values at step {step}: {bad}. Training stopped without saving "
-        f"this state; {where}. Try lower learning rates (--config.optim.d_lr / g_lr), "
-        "float32 (--config.model.dtype=float32), or a different --config.seed.")
+    raise errors.NonFiniteLossError(nonfinite_message(f"non-finite values {bad}", step,
+                                                      last_ckpt, workdir))
 
 
 class Preemption:
@@ -100,6 +173,7 @@ class Preemption:
 
   def should_stop(self, step: int, poll_every: int = 10) -> bool:
     """Whether to stop after `step`. Multi-process runs agree every `poll_every` steps."""
+    import jax
     if jax.process_count() > 1:
       if step % poll_every:
         return False

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from sagan_jax import checkpointing, config_base
+from sagan_jax import checkpointing, config_base, integrity
 from sagan_jax import state as state_lib
 from sagan_jax.convert import biggan_pytorch, common, studiogan
 from sagan_jax.errors import CheckpointError
@@ -91,7 +91,7 @@ def convert(kind: str, weights_dir: str, config: ml_collections.ConfigDict, sele
 def check_new_workdir(workdir: str) -> None:
   """Refuses a workdir that already holds checkpoints (nothing is overwritten)."""
   cdir = checkpointing.checkpoint_dir(workdir)
-  if cdir.exists() and checkpointing.manager(workdir, create=False).latest_step() is not None:
+  if integrity.list_dir(cdir).steps:
     raise CheckpointError(f"{cdir} already holds checkpoints; convert into a new --workdir.")
 
 
@@ -101,7 +101,7 @@ def write_run(workdir: str, result: Result) -> str:
   ckpt = checkpointing.Checkpointer(workdir, result.config)
   step = int(result.state.step)
   ckpt.save(step, result.state)
-  ckpt.wait()
+  ckpt.finish()  # waits, verifies the written files
   return str(checkpointing.checkpoint_dir(workdir) / str(step))
 
 
