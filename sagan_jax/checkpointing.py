@@ -300,6 +300,15 @@ class Checkpointer:
     if jax.process_index() == 0:
       self._prune(step)
 
+  def close(self) -> None:
+    """Stops the background saver (after `finish`); a later `save` starts a new one."""
+    if self._saver is not None:
+      saver, self._saver, self._pending = self._saver, None, None
+      try:
+        saver.close()
+      except Exception as e:  # noqa: BLE001 - a save that failed was already reported
+        logging.info("closing the checkpoint saver: %s", e)
+
   def _prune(self, newest: int) -> None:
     """Removes the oldest checkpoints beyond keep_checkpoints (`newest` verified).
 

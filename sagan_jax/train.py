@@ -309,9 +309,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   except BaseException:
     ckpt.finish(raise_errors=False)  # a started save completes; the first error is reported
     raise
+  else:
+    ckpt.finish()
   finally:
+    # Orbax's background threads stop here, while their event loops still run: left to
+    # interpreter exit, a failed save's could print a traceback after the error message.
+    ckpt.close()
     if best is not None:
       best.wait()
     writer.close()
-  ckpt.finish()
   return state

@@ -102,6 +102,7 @@ def write_run(workdir: str, result: Result) -> str:
   step = int(result.state.step)
   ckpt.save(step, result.state)
   ckpt.finish()  # waits, verifies the written files
+  ckpt.close()
   return str(checkpointing.checkpoint_dir(workdir) / str(step))
 
 
