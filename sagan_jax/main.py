@@ -32,8 +32,9 @@ def main(argv):
   if not FLAGS["verbosity"].present:
     # Progress goes to stdout; library INFO chatter (Orbax, clu) only with -v 0.
     logging.set_verbosity(logging.WARNING)
-  from sagan_jax import distributed, utils
-  distributed.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
+  from sagan_jax import cpu_devices, distributed, utils
+  plan = distributed.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
+  cpu_devices.configure(FLAGS.config.batch_size, FLAGS.config.mesh.num_devices, plan.init)
   import jax
   from sagan_jax import train
   utils.say("sagan_jax: JAX %s, %s", jax.__version__, distributed.describe())

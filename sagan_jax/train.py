@@ -21,8 +21,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from sagan_jax import (checkpointing, config_base, errors, images, losses, parallel, sampling,
-                       utils)
+from sagan_jax import (checkpointing, config_base, errors, images, losses, parallel, profiling,
+                       sampling, utils)
 from sagan_jax.models import layers
 from sagan_jax.state import Models, TrainState, abstract_state, class_labels, create_state
 
@@ -230,10 +230,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   t_log, step_log = time.time(), start
   t_start = time.time()
   step = start
+  profiler = profiling.StepProfiler(config.profile_steps, workdir)
   try:
     with utils.Preemption() as preempt:
       while step < end:
-        state, metrics = step_fn(state, next_batch(), rng)
+        state, metrics = profiler.call(step, step_fn, state, next_batch(), rng)
         step += 1
         if step == start + 1:  # throughput and ETA exclude the first step's compilation
           jax.block_until_ready(metrics)
@@ -264,6 +265,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                     "to resume.", step)
           break
   finally:
+    profiler.close()
     ckpt.wait()  # a started save completes (or is discarded), even on error
     if best is not None:
       best.wait()
