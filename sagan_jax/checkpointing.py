@@ -21,7 +21,8 @@ from sagan_jax import utils
 from sagan_jax.errors import CheckpointError
 
 # Config fields that define the shapes in the state: a resumed run must match.
-_ARCH_FIELDS = ("resolution", "ch", "z_dim", "num_classes", "g_attention", "d_attention")
+_ARCH_FIELDS = ("resolution", "ch", "d_ch", "z_dim", "num_classes", "g_attention",
+                "d_attention", "d_relu_shortcut")
 
 
 def checkpoint_dir(workdir: str) -> epath.Path:

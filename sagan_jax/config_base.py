@@ -41,10 +41,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.resolution = 128   # output/input image size; one of RESOLUTIONS
   c.model.ch = 64            # base channel width (paper: 64)
+  c.model.d_ch = 0           # D's base width (0: same as ch); StudioGAN's 32x32 D is half of G's
   c.model.z_dim = 128        # latent size (one z, no hierarchy)
   c.model.num_classes = 1000  # classes for CBN / projection; 0 = unconditional
   c.model.g_attention = (64,)  # feature-map sizes after which G has self-attention
   c.model.d_attention = (64,)  # feature-map sizes after which D has self-attention
+  c.model.d_relu_shortcut = False  # D blocks' shortcut from ReLU(x), as StudioGAN's D computes
   c.model.sn_eps = 1e-12     # epsilon in the power iteration's l2 normalisation
   c.model.sn_init_iters = 10  # extra power iterations at init so step-0 sigma is accurate
   c.model.bn_eps = 1e-5      # batch-norm epsilon
@@ -162,8 +164,12 @@ def validate(c: ml_collections.ConfigDict) -> None:
          f"use one of {RESOLUTIONS}")
   for f in ("ch", "z_dim"):
     _check(isinstance(m[f], int) and m[f] > 0, f"model.{f}", m[f], "must be a positive integer")
-  _check(m.ch % 8 == 0 or not (m.g_attention or m.d_attention), "model.ch", m.ch,
-         "must be a multiple of 8 when self-attention is used (theta/phi have C/8 channels)")
+  _check(isinstance(m.d_ch, int) and m.d_ch >= 0, "model.d_ch", m.d_ch,
+         "must be an integer >= 0 (0 = same as model.ch)")
+  for f, width, attention in (("ch", m.ch, m.g_attention),
+                              ("d_ch", m.d_ch or m.ch, m.d_attention)):
+    _check(width % 8 == 0 or not attention, f"model.{f}", m[f],
+           "must be a multiple of 8 when self-attention is used (theta/phi have C/8 channels)")
   _check(isinstance(m.num_classes, int) and m.num_classes >= 0, "model.num_classes",
          m.num_classes, "must be an integer >= 0 (0 = unconditional)")
   g_res, d_res = block_resolutions(m.resolution)
@@ -171,6 +177,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     vals = tuple(m[f])
     _check(all(v in allowed for v in vals), f"model.{f}", vals,
            f"attention sizes must be feature-map sizes of this model: {sorted(set(allowed))}")
+  _check(isinstance(m.d_relu_shortcut, bool), "model.d_relu_shortcut", m.d_relu_shortcut,
+         "must be True or False")
   _check(m.init in ("glorot", "orthogonal", "normal02"), "model.init", m.init,
          "use 'glorot', 'orthogonal' or 'normal02'")
   _check(m.dtype in ("float32", "bfloat16"), "model.dtype", m.dtype,

@@ -13,6 +13,10 @@ Examples:
   python -m sagan_jax.evaluate --compute_ref_stats ref.npz \
       --config configs/imagenet128.py --split train --num_samples 50000
 
+  # BigGAN's standing statistics instead of the EMA running ones
+  python -m sagan_jax.evaluate --workdir runs/imagenet128 --ref_stats ref.npz \
+      --standing_stats 100
+
   # the digits demo: classifier score only, no Inception
   python -m sagan_jax.evaluate --workdir runs/digits --num_samples 1000 \
       --digits_score --noinception
@@ -51,13 +55,17 @@ def define_flags() -> None:
 
   define("string", "samples", None, "An .npz with uint8 'images' [N, H, W, 3] (optional 'labels').")
   define("string", "workdir", None,
-         "A training run: samples come from sagan_jax.sample.generate_samples.")
+         "A training run: samples from its latest checkpoint (sagan_jax.load).")
   define("integer", "num_samples", 50000,
          "Images to evaluate (FID is defined at 50,000; fewer gives a biased, higher FID). "
          "With --samples, at most the file's count.")
   define("integer", "seed", 0, "Sampling seed (--workdir).")
   define("integer", "batch_size", 100, "Generator batch size (--workdir) / dataset batch size.")
   define("bool", "use_ema", True, "Sample with the EMA generator (--workdir).")
+  define("integer", "standing_stats", 0,
+         "--workdir: recompute G's BN statistics from N train-mode passes of --batch_size "
+         "samples before sampling (BigGAN's standing statistics); 0: the EMA running "
+         "statistics.")
   define("string", "ref_stats", None,
          "An .npz with reference 'mu' and 'sigma' (pytorch-fid format).")
   define("string", "ref_images", None,
@@ -90,9 +98,9 @@ def define_flags() -> None:
   define("string", "digits_reference", None,
          "Optional .npz of real 'images'/'labels' for the digits score's frechet/diversity "
          "(default: the demo's training images at the samples' resolution).")
-  for name in ("num_samples", "batch_size", "use_ema", "ref_stats", "ref_images",
-               "compute_ref_stats", "dump_features", "weights_cache", "inception_batch_size",
-               "is_splits", "digits_score", "digits_reference"):
+  for name in ("num_samples", "batch_size", "use_ema", "standing_stats", "ref_stats",
+               "ref_images", "compute_ref_stats", "dump_features", "weights_cache",
+               "inception_batch_size", "is_splits", "digits_score", "digits_reference"):
     alias = name.replace("_", "-")
     if alias not in FLAGS:
       flags.DEFINE_alias(alias, name)
@@ -131,12 +139,19 @@ def _samples() -> tuple[np.ndarray, np.ndarray | None]:
   if FLAGS.samples:
     images, labels = _load_images_npz(FLAGS.samples, "--samples")
     return _take(images, labels, FLAGS.num_samples)
-  from sagan_jax.sample import generate_samples
-  _log(f"generating {FLAGS.num_samples} samples from {FLAGS.workdir} "
+  from sagan_jax import api, sampling
+  run = api.load(FLAGS.workdir)
+  if FLAGS.standing_stats:
+    _log(f"standing statistics: G's BN statistics from {FLAGS.standing_stats} passes of "
+         f"{FLAGS.batch_size}")
+    run = run.with_standing_stats(FLAGS.standing_stats, FLAGS.batch_size, FLAGS.seed,
+                                  FLAGS.use_ema)
+  _log(f"generating {FLAGS.num_samples} samples from {FLAGS.workdir} step {run.step} "
        f"(seed {FLAGS.seed}, ema {FLAGS.use_ema})")
-  images, labels = generate_samples(FLAGS.workdir, FLAGS.num_samples, seed=FLAGS.seed,
-                                    batch_size=FLAGS.batch_size, use_ema=FLAGS.use_ema)
-  return np.asarray(images), None if labels is None else np.asarray(labels)
+  labels = sampling.balanced_labels(FLAGS.num_samples, run.config.model.num_classes)
+  images = run.sample(FLAGS.num_samples, FLAGS.seed, labels, FLAGS.use_ema,
+                      min(FLAGS.batch_size, max(FLAGS.num_samples, 1)))
+  return np.asarray(images), labels
 
 
 def _batch_images(batch: Any) -> np.ndarray:

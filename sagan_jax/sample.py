@@ -6,12 +6,15 @@ r"""Images from a trained run (EMA generator by default).
   python -m sagan_jax.sample --workdir runs/digits --interpolate interp.png --steps 8
   python -m sagan_jax.sample --workdir runs/digits --attention attn.png --queries=4:4,8:8
   python -m sagan_jax.sample --workdir runs/digits --npz samples.npz --num 1000
+  python -m sagan_jax.sample --workdir runs/digits --out grid.png --standing_stats 16
 
 The grid has one row per class. `--interpolate` writes one row per class
 walking linearly between two noise vectors; `--attention` writes, for each
 sample, the image and where G's self-attention looks from each query pixel
 (the SAGAN paper's Figure 5). `--npz` writes `images` (uint8 N x H x W x 3)
 and `labels` (int32 N), classes balanced, for evaluation tools.
+`--standing_stats N` first recomputes G's BN statistics from N train-mode
+passes (BigGAN's standing statistics). Python code: `sagan_jax.load(workdir)`.
 """
 
 from __future__ import annotations
@@ -21,36 +24,16 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
-from sagan_jax import checkpointing, exploration, images, parallel, utils
-from sagan_jax.sampling import balanced_labels, generate_from_state
-from sagan_jax.state import abstract_state, generator_variables
+from sagan_jax import api, exploration, images, utils
+from sagan_jax.sampling import balanced_labels
+from sagan_jax.state import generator_variables
 
 FLAGS = flags.FLAGS
 
 
-def load_run(workdir: str, step: int | None = None):
-  """(config, models, state) of a run's latest (or given) checkpoint, on one device."""
-  config = checkpointing.read_config(workdir, step)
-  models, abstract = abstract_state(config, parallel.make_mesh(1))
-  mngr = checkpointing.manager(workdir, create=False)
-  step = mngr.latest_step() if step is None else step
-  state = checkpointing.restore_state(mngr, step, abstract, workdir)
-  return config, models, state
-
-
-def generate_samples(workdir: str, num: int, seed: int = 0, batch_size: int = 100,
-                     use_ema: bool = True) -> tuple[np.ndarray, np.ndarray]:
-  """(uint8 images [num, H, W, 3], int32 labels [num]) from a run's latest checkpoint."""
-  config, models, state = load_run(workdir)
-  labels = balanced_labels(num, config.model.num_classes)
-  imgs = generate_from_state(config, models, state, labels, seed, min(batch_size, max(num, 1)),
-                             use_ema)
-  return imgs, labels
-
-
-def write_interpolation(config, models, state, classes, use_ema):
+def write_interpolation(run: api.Run, classes, use_ema):
   """One row per class: G(z) along a line from z0 to z1 (class fixed)."""
-  m = config.model
+  m = run.config.model
   key = jax.random.PRNGKey(FLAGS.seed)
   zs = []
   for k in range(len(classes)):
@@ -60,23 +43,22 @@ def write_interpolation(config, models, state, classes, use_ema):
     zs.append(exploration.interpolate(z0, z1, FLAGS.steps))
   z = np.asarray(jnp.concatenate(zs))
   labels = np.repeat(np.asarray(classes, np.int32), FLAGS.steps)
-  imgs = generate_from_state(config, models, state, labels, FLAGS.seed, FLAGS.batch_size,
-                             use_ema, z=z)
+  imgs = images.to_uint8(run.generate(z, labels, ema=use_ema, batch_size=FLAGS.batch_size))
   images.save_png(FLAGS.interpolate, images.make_grid(imgs, FLAGS.steps),
                   scale=FLAGS.scale or max(1, 128 // m.resolution))
   utils.say(f"wrote {FLAGS.interpolate}: {len(classes)} rows x {FLAGS.steps} interpolation steps")
 
 
-def write_attention(config, models, state, classes, use_ema):
+def write_attention(run: api.Run, classes, use_ema):
   """Per sample: the image, then one overlay per query pixel of G's attention."""
-  m = config.model
+  m = run.config.model
   if not m.g_attention:
     raise app.UsageError("this generator has no self-attention layer (model.g_attention is empty)")
   n = FLAGS.attention_samples
   labels = np.asarray([classes[i % len(classes)] for i in range(n)], np.int32)
   z = exploration.truncated_z(jax.random.PRNGKey(FLAGS.seed), n, m.z_dim, FLAGS.truncation)
   out, maps = exploration.generate_with_attention(
-      models.generator, generator_variables(state, use_ema), z,
+      run.models.generator, generator_variables(run.state, use_ema), z,
       jnp.asarray(labels) if m.num_classes else None)
   name = FLAGS.attention_layer or sorted(maps)[0]
   if name not in maps:
@@ -98,9 +80,13 @@ def main(argv):
   if not (FLAGS.out or FLAGS.npz or FLAGS.interpolate or FLAGS.attention):
     raise app.UsageError("give --out grid.png, --npz samples.npz, --interpolate interp.png "
                          "or --attention attn.png")
-  config, models, state = load_run(FLAGS.workdir, FLAGS.step)
-  m = config.model
+  run = api.load(FLAGS.workdir, FLAGS.step)
+  m = run.config.model
   use_ema = not FLAGS.no_ema
+  if FLAGS.standing_stats:
+    run = run.with_standing_stats(FLAGS.standing_stats, FLAGS.batch_size, FLAGS.seed, use_ema)
+    utils.say(f"standing statistics: G's BN statistics from {FLAGS.standing_stats} passes of "
+              f"{FLAGS.batch_size}")
   if FLAGS.classes:
     classes = [int(c) for c in FLAGS.classes.split(",")]
     bad = [c for c in classes if not 0 <= c < max(m.num_classes, 1)]
@@ -110,20 +96,19 @@ def main(argv):
     classes = list(range(min(m.num_classes, 10))) if m.num_classes else [0]
   if FLAGS.out:
     labels = np.repeat(np.asarray(classes, np.int32), FLAGS.per_class)
-    imgs = generate_from_state(config, models, state, labels, FLAGS.seed,
-                               FLAGS.batch_size, use_ema, FLAGS.truncation)
+    imgs = run.sample(len(labels), FLAGS.seed, labels, use_ema, FLAGS.batch_size,
+                      FLAGS.truncation)
     grid = images.make_grid(imgs, FLAGS.per_class)
     images.save_png(FLAGS.out, grid, scale=FLAGS.scale or max(1, 128 // m.resolution))
     utils.say(f"wrote {FLAGS.out}: {len(classes)} classes x {FLAGS.per_class} samples, "
-          f"step {int(state.step)}, {'EMA' if use_ema else 'raw'} generator")
+          f"step {run.step}, {'EMA' if use_ema else 'raw'} generator")
   if FLAGS.interpolate:
-    write_interpolation(config, models, state, classes, use_ema)
+    write_interpolation(run, classes, use_ema)
   if FLAGS.attention:
-    write_attention(config, models, state, classes, use_ema)
+    write_attention(run, classes, use_ema)
   if FLAGS.npz:
     labels = balanced_labels(FLAGS.num, m.num_classes)
-    imgs = generate_from_state(config, models, state, labels, FLAGS.seed,
-                               FLAGS.batch_size, use_ema)
+    imgs = run.sample(FLAGS.num, FLAGS.seed, labels, use_ema, FLAGS.batch_size)
     with open(FLAGS.npz, "wb") as f:
       np.savez(f, images=imgs, labels=labels)
     utils.say(f"wrote {FLAGS.npz}: images {imgs.shape} uint8, labels {labels.shape}")
@@ -141,6 +126,9 @@ if __name__ == "__main__":
   flags.DEFINE_string("npz", None, "Write N samples to this .npz (images, labels).")
   flags.DEFINE_integer("num", 1000, "Number of samples for --npz.")
   flags.DEFINE_integer("batch_size", 100, "Generation batch size.")
+  flags.DEFINE_integer("standing_stats", 0, "Recompute G's BN statistics from N train-mode "
+                       "passes of --batch_size samples first (BigGAN's standing statistics); "
+                       "0: the EMA running statistics.")
   flags.DEFINE_integer("scale", 0, "PNG upscale factor (0: to ~128 px tiles).")
   flags.DEFINE_float("truncation", None, "Truncation trick: sample z from N(0, I) "
                      "truncated to [-t, t] (e.g. 0.5); default no truncation.")

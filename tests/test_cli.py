@@ -54,7 +54,9 @@ def test_train_then_sample_and_npz(tmp_path):
   assert img.shape == (2 * 18 + 2, 4 * 18 + 2, 3)
 
   npz = str(tmp_path / "s.npz")
-  run("sagan_jax.sample", "--workdir", wd, "--npz", npz, "--num", "25", "--batch_size", "10")
+  p = run("sagan_jax.sample", "--workdir", wd, "--npz", npz, "--num", "25", "--batch_size", "10",
+          "--standing_stats", "2")
+  assert "standing statistics: G's BN statistics from 2 passes of 10" in p.stdout
   with np.load(npz) as d:
     assert d["images"].shape == (25, 16, 16, 3) and d["images"].dtype == np.uint8
     np.testing.assert_array_equal(d["labels"], np.arange(25) % 10)

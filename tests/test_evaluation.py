@@ -272,19 +272,39 @@ def test_cli_digits_score_without_inception(tmp_path, run_cli):
   assert len(out["digits_per_class_accuracy"]) == 10
 
 
-def test_cli_workdir_uses_generate_samples(tmp_path, run_cli, monkeypatch):
+class _FakeRun:
+  """What evaluate needs of `sagan_jax.load(...)`: config, step, sample, standing stats."""
+
+  def __init__(self, images, calls):
+    self.images, self.calls, self.step = images, calls, 7
+    self.config = types.SimpleNamespace(model=types.SimpleNamespace(num_classes=10))
+
+  def with_standing_stats(self, num_passes, batch_size, seed, ema):
+    self.calls.append(("standing_stats", num_passes, batch_size, seed, ema))
+    return self
+
+  def sample(self, num, seed, labels, ema, batch_size):
+    self.calls.append(("sample", num, seed, list(labels[:12]), ema, batch_size))
+    # images: 10 real digits per class, class-sorted; one of class labels[i] each.
+    return self.images[np.asarray(labels) * 10 + (np.arange(num) // 10) % 10]
+
+
+@pytest.mark.parametrize("standing", [0, 3])
+def test_cli_workdir_samples_through_the_api(tmp_path, run_cli, monkeypatch, standing):
   images, labels = _digit_samples(10)
+  assert np.array_equal(labels, np.repeat(np.arange(10), 10))
   calls = []
-
-  def generate_samples(workdir, num, seed=0, batch_size=100, use_ema=True):
-    calls.append((workdir, num, seed, batch_size, use_ema))
-    return images[:num], labels[:num]
-
-  monkeypatch.setitem(sys.modules, "sagan_jax.sample",
-                      types.SimpleNamespace(generate_samples=generate_samples))
+  from sagan_jax import api
+  monkeypatch.setattr(api, "load", lambda workdir, step=None: (
+      calls.append(("load", workdir, step)) or _FakeRun(images, calls)))
   out = run_cli(f"--workdir={tmp_path}", "--num_samples=100", "--seed=3", "--digits_score",
-                "--noinception", "--nouse_ema")
-  assert calls == [(str(tmp_path), 100, 3, 100, False)]
+                "--noinception", "--nouse_ema", "--batch_size=40",
+                f"--standing_stats={standing}")
+  expect = [("load", str(tmp_path), None)]
+  if standing:
+    expect.append(("standing_stats", standing, 40, 3, False))
+  expect.append(("sample", 100, 3, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1], False, 40))
+  assert calls == expect
   assert out["num_samples"] == 100 and out["digits_accuracy"] > 0.9
 
 

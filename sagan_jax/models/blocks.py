@@ -3,7 +3,9 @@
 GBlock         CBN -> ReLU -> up x2 -> SN-conv3x3 -> CBN -> ReLU -> SN-conv3x3,
                shortcut: up x2 -> SN-conv1x1.
 DBlock         ReLU -> SN-conv3x3 -> ReLU -> SN-conv3x3 -> [avgpool2],
-               shortcut: SN-conv1x1 -> [avgpool2] when shape changes, else identity.
+               shortcut: SN-conv1x1 -> [avgpool2] when shape changes, else identity;
+               with relu_shortcut the shortcut starts from ReLU(x), as StudioGAN's
+               resnet D computes (its in-place ReLU also rewrites the block input).
 OptimizedDBlock  (D's first block, no pre-activation on the image)
                SN-conv3x3 -> ReLU -> SN-conv3x3 -> avgpool2,
                shortcut: avgpool2 -> SN-conv1x1.
@@ -63,15 +65,16 @@ class GBlock(_SNConvFactory):
 class DBlock(_SNConvFactory):
   out_ch: int = 0
   downsample: bool = True
+  relu_shortcut: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, update_sn: bool) -> jax.Array:
     down = "down" if self.downsample else None
     h = self.conv(self.out_ch, 3, "conv1")(nn.relu(x), update_sn)
     h = self.conv(self.out_ch, 3, "conv2")(nn.relu(h), update_sn, resample=down)
-    sc = x
+    sc = nn.relu(x) if self.relu_shortcut else x
     if self.downsample or x.shape[-1] != self.out_ch:
-      sc = self.conv(self.out_ch, 1, "conv_sc")(x, update_sn, resample=down)
+      sc = self.conv(self.out_ch, 1, "conv_sc")(sc, update_sn, resample=down)
     return h + sc
 
 

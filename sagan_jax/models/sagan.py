@@ -121,6 +121,7 @@ class Discriminator(nn.Module):
   ch: int = 64
   num_classes: int = 1000
   attention: Sequence[int] = (64,)
+  relu_shortcut: bool = False  # DBlock shortcuts from ReLU(x) (StudioGAN's D)
   weight_init: str = "glorot"
   sn_eps: float = 1e-12
   sn_init_iters: int = 10
@@ -141,7 +142,8 @@ class Discriminator(nn.Module):
         h = blocks.OptimizedDBlock(out_ch=spec.out_ch, name="block1", **convs)(h, update_sn)
       else:
         h = blocks.DBlock(out_ch=spec.out_ch, downsample=spec.downsample,
-                          name=f"block{k + 1}", **convs)(h, update_sn)
+                          relu_shortcut=self.relu_shortcut, name=f"block{k + 1}",
+                          **convs)(h, update_sn)
       if spec.out_res in self.attention and spec.out_res not in attended:
         attended.add(spec.out_res)
         h = layers.SelfAttention(name=f"attention{spec.out_res}",
@@ -167,8 +169,9 @@ def generator_from_config(m, dtype=None) -> Generator:
 
 
 def discriminator_from_config(m, dtype=None) -> Discriminator:
-  """Builds D from `config.model`."""
-  return Discriminator(resolution=m.resolution, ch=m.ch, num_classes=m.num_classes,
-                       attention=tuple(m.d_attention), weight_init=m.init, sn_eps=m.sn_eps,
-                       sn_init_iters=m.sn_init_iters, dtype=dtype or jnp.dtype(m.dtype),
-                       conv_impl=m.conv_impl, attention_impl=m.attention_impl)
+  """Builds D from `config.model` (width `d_ch`, or `ch` when that is 0)."""
+  return Discriminator(resolution=m.resolution, ch=m.d_ch or m.ch, num_classes=m.num_classes,
+                       attention=tuple(m.d_attention), relu_shortcut=m.d_relu_shortcut,
+                       weight_init=m.init, sn_eps=m.sn_eps, sn_init_iters=m.sn_init_iters,
+                       dtype=dtype or jnp.dtype(m.dtype), conv_impl=m.conv_impl,
+                       attention_impl=m.attention_impl)
