@@ -77,7 +77,6 @@ def setup(path: str, overrides: list[str]):
   global batch (digits: real data; others: synthetic uint8, to measure the model, not I/O)."""
   import numpy as np
   from sagan_jax import data, parallel, state as state_lib, train
-  from sagan_jax.describe import count
   config = load_config(path, overrides)
   source = data.make_source(config) if config.data.source == "digits" else None
   mesh = parallel.make_mesh(config.mesh.num_devices)
@@ -102,7 +101,7 @@ def setup(path: str, overrides: list[str]):
 
 def bench_config(path: str, overrides: list[str], steps: int, warmup: int) -> dict:
   import jax
-  from sagan_jax.describe import _flops
+  from sagan_jax.describe import _flops, count
   config, mesh, state, step_fn, rng, batch = setup(path, overrides)
   m = config.model
   b = batch()
