@@ -4,6 +4,9 @@ r"""Training-step throughput, printed as one JSON line per config.
   python benchmarks/train_speed.py --configs configs/imagenet128.py --set batch_size=256 --steps 20
   python benchmarks/train_speed.py --peer_shapes --steps 5 --warmup 1   # vs BigGAN-PyTorch
 
+  python benchmarks/train_speed.py --configs configs/digits.py --steps 20 \
+      --compare 'model.conv_impl=xla' 'model.conv_impl=auto' --devices 1 2
+
 For each config: compile time, seconds per iteration (median of --steps
 timed iterations after --warmup; also the median process CPU seconds, all
 threads, per iteration, which other jobs on a shared machine move less),
@@ -17,6 +20,13 @@ benchmarks/peer_pytorch.py times BigGAN-PyTorch's SAGAN at (32px, 128px; all
 when no name is given), fp32, with the same parameter counts: run the two
 scripts one after the other with the same --steps/--warmup and compare
 sec_per_iteration (benchmarks/README.md).
+
+--compare times variants of one config side by side instead (conv
+implementations, device counts, any override): all are compiled in one
+process, then one step of each in turn, --steps rounds; each JSON line gives
+the median and its ratio to the first variant. --devices splits the CPU into
+that many XLA devices (a 1-device mesh then uses one of them: the same
+threads as a 1-device process).
 """
 
 from __future__ import annotations
@@ -62,16 +72,13 @@ def matmul_peak_gflops(dtype: str, n: int = 2048, reps: int = 10) -> float:
   return 2 * n**3 / best / 1e9
 
 
-def bench_config(path: str, overrides: list[str], steps: int, warmup: int) -> dict:
-  import jax
+def setup(path: str, overrides: list[str]):
+  """(config, mesh, state, jitted step, rng, batch()) for one config; batch() gives the next
+  global batch (digits: real data; others: synthetic uint8, to measure the model, not I/O)."""
   import numpy as np
   from sagan_jax import data, parallel, state as state_lib, train
-  from sagan_jax.describe import _flops, count
   config = load_config(path, overrides)
-  if config.data.source != "digits":  # synthetic uint8 batches: measure the model, not I/O
-    source = None
-  else:
-    source = data.make_source(config)
+  source = data.make_source(config) if config.data.source == "digits" else None
   mesh = parallel.make_mesh(config.mesh.num_devices)
   models = state_lib.make_models(config)
   state = state_lib.create_state(models, config, mesh)
@@ -89,6 +96,14 @@ def bench_config(path: str, overrides: list[str], steps: int, warmup: int) -> di
     parts = [next(source) for _ in range(n)]
     return parallel.global_batch({k: np.stack([p[k] for p in parts]) for k in fake}, mesh, 1)
 
+  return config, mesh, state, step_fn, rng, batch
+
+
+def bench_config(path: str, overrides: list[str], steps: int, warmup: int) -> dict:
+  import jax
+  from sagan_jax.describe import _flops, count
+  config, mesh, state, step_fn, rng, batch = setup(path, overrides)
+  m = config.model
   b = batch()
   t = time.perf_counter()
   compiled = step_fn.lower(state, b, rng).compile()
@@ -117,6 +132,44 @@ def bench_config(path: str, overrides: list[str], steps: int, warmup: int) -> di
           "achieved_gflops": round(flops / s / 1e9, 1)}
 
 
+def compare(path: str, overrides: list[str], variants: list[str], devices: list[int],
+            rounds: int, warmup: int) -> list[dict]:
+  """Side by side in one process: every (variant, device count) pair is compiled, then
+  one step of each is timed in turn, `rounds` times (A B C A B C ...), so that a machine
+  whose speed drifts (other jobs) moves all alike; ratios are to the first pair."""
+  import jax
+  runs = []
+  for variant in variants:
+    for d in devices:
+      extra = variant.split() + [f"mesh.num_devices={d}"]
+      config, mesh, state, step_fn, rng, batch = setup(path, overrides + extra)
+      t = time.perf_counter()
+      for _ in range(1 + warmup):  # the first call compiles
+        state, metrics = step_fn(state, batch(), rng)
+      jax.block_until_ready(metrics)
+      runs.append({"variant": variant, "devices": d, "batch_size": config.batch_size,
+                   "first_steps_s": round(time.perf_counter() - t, 2), "times": [],
+                   "fn": step_fn, "state": state, "rng": rng, "batch": batch})
+  for _ in range(rounds):
+    for r in runs:
+      b = r["batch"]()
+      t = time.perf_counter()
+      r["state"], metrics = r["fn"](r["state"], b, r["rng"])
+      jax.block_until_ready(metrics)
+      r["times"].append(time.perf_counter() - t)
+  base = statistics.median(runs[0]["times"])
+  out = []
+  for r in runs:
+    med = statistics.median(r["times"])
+    out.append({"config": os.path.basename(path), "overrides": overrides,
+                "variant": r["variant"], "devices": r["devices"], "rounds": rounds,
+                "sec_per_iteration": round(med, 4),
+                "sec_per_iteration_min": round(min(r["times"]), 4),
+                "images_per_sec": round(r["batch_size"] / med, 2),
+                "ratio_to_first": round(med / base, 3), "first_steps_s": r["first_steps_s"]})
+  return out
+
+
 def main():
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--configs", nargs="*", default=None,
@@ -126,10 +179,30 @@ def main():
   ap.add_argument("--set", nargs="*", default=[], help="overrides FIELD=VALUE for every config")
   ap.add_argument("--steps", type=int, default=10, help="timed iterations")
   ap.add_argument("--warmup", type=int, default=2, help="untimed iterations after compile")
+  ap.add_argument("--compare", nargs="*", default=None, metavar="'FIELD=VALUE ...'",
+                  help="variants timed side by side, interleaved, in one process (each a quoted "
+                       "list of overrides, '' for the config as is), e.g. "
+                       "'model.conv_impl=xla' 'model.conv_impl=auto'")
+  ap.add_argument("--devices", type=int, nargs="*", default=None,
+                  help="with --compare: CPU device counts to time each variant on, e.g. 1 2; "
+                       "without: the CPU device count for every run (default: as `main` "
+                       "chooses for the first config's batch)")
   ap.add_argument("--peak_tflops", type=float, default=0.0,
                   help="device peak for MFU (default: measured matmul peak of this machine)")
   args = ap.parse_args()
   import jax
+  if args.compare is not None:
+    devices = args.devices or [0]
+    if max(devices) > 1:  # before the backend starts; a 1-device mesh then uses device 0
+      jax.config.update("jax_num_cpu_devices", max(devices))
+    machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "jax": jax.__version__,
+               "backend": jax.default_backend()}
+    for path in args.configs or [os.path.join(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))), "configs/digits.py")]:
+      for r in compare(path, list(args.set), args.compare or [""], devices, args.steps,
+                       args.warmup):
+        print(json.dumps({**r, "machine": machine}), flush=True)
+    return
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   if args.peer_shapes is not None:  # (config, overrides, peer shape name)
     runs = [(os.path.join(root, "configs/imagenet128.py"), peer_shape_overrides(name)
@@ -140,6 +213,11 @@ def main():
     runs = [(os.path.join(root, "configs/digits.py"), list(args.set), None),
             (os.path.join(root, "configs/imagenet128.py"),
              ["model.ch=16", "batch_size=8", "model.dtype=float32"] + list(args.set), None)]
+  if args.devices:  # the CPU split for every run; by default the one `main` would choose
+    jax.config.update("jax_num_cpu_devices", max(args.devices))
+  else:
+    from sagan_jax import cpu_devices
+    cpu_devices.configure(load_config(runs[0][0], runs[0][1]).batch_size)
   peak32 = matmul_peak_gflops("float32")
   peak16 = matmul_peak_gflops("bfloat16")
   machine = {"cpu": cpu_model(), "backend": jax.default_backend(),

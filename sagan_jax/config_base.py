@@ -24,6 +24,10 @@ from sagan_jax.errors import ConfigError
 
 # Resolutions the model tables in `sagan_jax.models.sagan` know.
 RESOLUTIONS = (16, 32, 64, 128, 256)
+# model.conv_impl values (sagan_jax.models.conv, conv_tune).
+CONV_IMPLS = ("auto", "tune", "xla", "im2col", "matmul", "shift")
+# model.attention_impl values (sagan_jax.models.attention).
+ATTENTION_IMPLS = ("auto", "einsum", "xla", "cudnn")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -39,6 +43,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss = "hinge"           # adversarial loss: 'hinge' (SAGAN) or 'nonsaturating'
   c.on_nan = "stop"          # on NaN/Inf: 'stop', or 'rollback' (last checkpoint, new noise)
   c.max_rollbacks = 3        # on_nan='rollback': rollbacks allowed in the whole run, then stop
+  c.profile_steps = ()       # (start, stop): jax.profiler trace of those steps in WORKDIR/profile
 
   c.model = ml_collections.ConfigDict()
   c.model.resolution = 128   # output/input image size; one of RESOLUTIONS
@@ -56,6 +61,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.bn_group_size = 0  # images per BN statistics group (0: whole global batch = cross-replica BN)
   c.model.init = "glorot"    # weight init: 'glorot' (paper), 'orthogonal', 'normal02'
   c.model.dtype = "float32"  # activation/matmul dtype: 'float32' or 'bfloat16'
+  c.model.conv_impl = "auto"  # conv algorithm: one of CONV_IMPLS (models/conv.py, conv_tune.py)
+  c.model.attention_impl = "auto"  # one of ATTENTION_IMPLS (models/attention.py): GPU bf16 fused
 
   c.optim = ml_collections.ConfigDict()
   c.optim.g_lr = 1e-4        # generator Adam learning rate (TTUR)
@@ -242,6 +249,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _check(isinstance(c[f], int) and c[f] > 0, f, c[f], "must be a positive integer")
   for f in ("sample_every", "eval_every"):
     _check(isinstance(c[f], int) and c[f] >= 0, f, c[f], "must be an integer >= 0")
+  ps = tuple(c.profile_steps)
+  _check(ps == () or (len(ps) == 2 and all(isinstance(v, int) for v in ps) and 0 <= ps[0] < ps[1]),
+         "profile_steps", ps, "use () (off) or (start, stop) with 0 <= start < stop, e.g. (10, 15)")
   _check(c.loss in ("hinge", "nonsaturating"), "loss", c.loss,
          "use 'hinge' or 'nonsaturating'")
   _check(c.on_nan in ("stop", "rollback"), "on_nan", c.on_nan, "use 'stop' or 'rollback'")
@@ -271,6 +281,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
          "use 'glorot', 'orthogonal' or 'normal02'")
   _check(m.dtype in ("float32", "bfloat16"), "model.dtype", m.dtype,
          "use 'float32' or 'bfloat16'")
+  _check(m.conv_impl in CONV_IMPLS, "model.conv_impl", m.conv_impl,
+         f"use one of {CONV_IMPLS} ('auto': a rule per shape on CPU, XLA's conv elsewhere; "
+         "'tune': timed per shape on this CPU)")
+  _check(m.attention_impl in ATTENTION_IMPLS, "model.attention_impl", m.attention_impl,
+         f"use one of {ATTENTION_IMPLS}")
   _check(m.sn_eps > 0, "model.sn_eps", m.sn_eps, "must be > 0")
   _check(isinstance(m.sn_init_iters, int) and m.sn_init_iters >= 0, "model.sn_init_iters",
          m.sn_init_iters, "must be an integer >= 0")

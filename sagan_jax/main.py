@@ -34,10 +34,11 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from sagan_jax import config_base, distributed, integrity
+  from sagan_jax import config_base, cpu_devices, distributed, integrity
   config_base.validate(FLAGS.config)
   integrity.check_workdir(FLAGS.workdir)
-  distributed.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
+  plan = distributed.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
+  cpu_devices.configure(FLAGS.config.batch_size, FLAGS.config.mesh.num_devices, plan.init)
   import jax
   from sagan_jax import train
   utils.say("sagan_jax: JAX %s, %s", jax.__version__, distributed.describe())

@@ -22,7 +22,7 @@ import numpy as np
 import optax
 
 from sagan_jax import (checkpointing, config_base, errors, images, integrity, losses, parallel,
-                       sampling, utils)
+                       profiling, sampling, utils)
 from sagan_jax.models import layers
 from sagan_jax.state import Models, TrainState, abstract_state, class_labels, create_state
 
@@ -265,10 +265,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   t_log, step_log = time.time(), start
   t_start = time.time()
   step = start
+  profiler = profiling.StepProfiler(config.profile_steps, workdir)
   try:
     with utils.Preemption() as preempt:
       while step < end:
-        state, metrics = step_fn(state, next_batch(), rng)
+        state, metrics = profiler.call(step, step_fn, state, next_batch(), rng)
         step += 1
         ckpt.poll()  # a save that failed in the background stops the run now
         if step == start + 1:  # throughput and ETA exclude the first step's compilation
@@ -312,6 +313,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   else:
     ckpt.finish()
   finally:
+    profiler.close()
     # Orbax's background threads stop here, while their event loops still run: left to
     # interpreter exit, a failed save's could print a traceback after the error message.
     ckpt.close()

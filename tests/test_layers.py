@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sagan_jax import losses
-from sagan_jax.models import layers
+from sagan_jax.models import attention, layers
 
 
 def _svd_sigma(kernel):
@@ -195,3 +195,41 @@ def test_batch_norm_groups_normalise_each_group_separately():
   # Running mean: the average of the group means.
   group_mean = (x[:2].mean(axis=(0, 1, 2)) + x[2:].mean(axis=(0, 1, 2))) / 2
   np.testing.assert_allclose(st["batch_stats"]["mean"], 0.1 * group_mean, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_fused_attention_with_padded_queries_equals_einsum(dtype):
+  # SAGAN's shapes: queries/keys C/8 wide, values C/2, N/4 keys; unscaled logits.
+  rng = np.random.default_rng(3)
+  theta, phi, g = (jnp.asarray(rng.standard_normal(s), dtype)
+                   for s in ((2, 64, 4), (2, 16, 4), (2, 16, 16)))
+  ref = attention.attend(theta, phi, g, "einsum")
+  got = attention.attend(theta, phi, g, "xla")
+  assert got.shape == ref.shape == (2, 64, 16) and got.dtype == ref.dtype
+  tol = 1e-5 if dtype == jnp.float32 else 2e-2
+  np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(ref, np.float32),
+                             rtol=tol, atol=tol)
+
+
+def test_self_attention_fused_path_matches_in_values_and_gradients():
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 32))
+  mod = layers.SelfAttention(attention_impl="einsum")
+  v = mod.init(jax.random.PRNGKey(1), x, update_sn=False)
+  params = {**v["params"], "gamma": jnp.float32(0.5)}
+
+  def loss(params, x, impl):
+    y = mod.clone(attention_impl=impl).apply({**v, "params": params}, x, update_sn=False)
+    return jnp.sum(jnp.sin(y)), y
+
+  (_, y_ref), g_ref = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(params, x, "einsum")
+  (_, y_got), g_got = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(params, x, "xla")
+  np.testing.assert_allclose(np.asarray(y_got), np.asarray(y_ref), rtol=1e-5, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(g_got), jax.tree.leaves(g_ref)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
+def test_attention_auto_is_einsum_on_cpu_and_unknown_impl_refused():
+  assert attention.resolve("auto", jnp.bfloat16) == "einsum"   # no fused CPU kernel
+  assert attention.resolve("xla", jnp.float32) == "xla"
+  with pytest.raises(ValueError, match="unknown attention implementation"):
+    attention.attend(jnp.ones((1, 4, 2)), jnp.ones((1, 1, 2)), jnp.ones((1, 1, 4)), "flash")

@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from sagan_jax.models import attention, conv, conv_tune
+
 SPECTRAL = "spectral"
 Dtype = Any
 
@@ -115,16 +117,18 @@ class SNConv(nn.Module):
   sn_eps: float = 1e-12
   sn_init_iters: int = 10
   dtype: Dtype = jnp.float32
+  conv_impl: str = "xla"  # see sagan_jax.models.conv ('auto': chosen per shape)
 
   @nn.compact
-  def __call__(self, x: jax.Array, update_sn: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, update_sn: bool, resample: str | None = None) -> jax.Array:
+    """resample: None, 'up' (nearest x2 before the conv) or 'down' (2x2 mean pool after)."""
     k = self.kernel_size
     kernel = self.param("kernel", kernel_init(self.weight_init),
                         (k, k, x.shape[-1], self.features), jnp.float32)
     kernel = SpectralNorm(self.sn_eps, self.sn_init_iters, name="sn")(kernel, update_sn)
-    y = jax.lax.conv_general_dilated(
-        x.astype(self.dtype), kernel.astype(self.dtype), (1, 1), "SAME",
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    choose = functools.partial(conv_tune.resolve, self.conv_impl, dtype=self.dtype)
+    y = conv.resampled_conv(x.astype(self.dtype), kernel.astype(self.dtype), choose, resample,
+                            fuse=conv_tune.fuses_resampling(self.conv_impl))
     if self.use_bias:
       bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
       y = y + bias.astype(self.dtype)
@@ -254,13 +258,8 @@ def max_pool2(x: jax.Array) -> jax.Array:
   return nn.max_pool(x, (2, 2), (2, 2))
 
 
-def avg_pool2(x: jax.Array) -> jax.Array:
-  return nn.avg_pool(x, (2, 2), (2, 2))
-
-
-def upsample2(x: jax.Array) -> jax.Array:
-  """Nearest-neighbour x2 upsampling (NHWC)."""
-  return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+avg_pool2 = conv.avg_pool2
+upsample2 = conv.upsample2
 
 
 class SelfAttention(nn.Module):
@@ -269,29 +268,35 @@ class SelfAttention(nn.Module):
   theta = W_f x (C/8), phi = maxpool(W_g x) (C/8), g = maxpool(W_h x) (C/2);
   beta = softmax_j(theta_i . phi_j) over the N/4 pooled positions;
   o = W_v (beta g) (C/2 -> C); y = x + gamma * o, gamma a scalar init 0.
-  The logits and softmax run in float32. The attention map beta is sown into
-  the `intermediates` collection when that collection is mutable.
+  The logits and softmax run in float32 (or inside a fused kernel, see
+  `sagan_jax.models.attention`). The attention map beta is sown into the
+  `intermediates` collection when that collection is mutable (then always
+  computed explicitly).
   """
 
   weight_init: str = "glorot"
   sn_eps: float = 1e-12
   sn_init_iters: int = 10
   dtype: Dtype = jnp.float32
+  conv_impl: str = "xla"
+  attention_impl: str = "einsum"  # attention.IMPLS
 
   @nn.compact
   def __call__(self, x: jax.Array, update_sn: bool) -> jax.Array:
     b, h, w, c = x.shape
-    conv = lambda f, name: SNConv(f, 1, use_bias=False, weight_init=self.weight_init,  # noqa: E731
-                                  sn_eps=self.sn_eps, sn_init_iters=self.sn_init_iters,
-                                  dtype=self.dtype, name=name)
-    theta = conv(c // 8, "theta")(x, update_sn).reshape(b, h * w, c // 8)
-    phi = max_pool2(conv(c // 8, "phi")(x, update_sn)).reshape(b, h * w // 4, c // 8)
-    g = max_pool2(conv(c // 2, "g")(x, update_sn)).reshape(b, h * w // 4, c // 2)
-    logits = jnp.einsum("bnc,bmc->bnm", theta.astype(jnp.float32), phi.astype(jnp.float32))
-    beta = jax.nn.softmax(logits, axis=-1)
-    self.sow("intermediates", "attention", beta)
-    o = jnp.einsum("bnm,bmc->bnc", beta.astype(self.dtype), g).reshape(b, h, w, c // 2)
-    o = conv(c, "o")(o, update_sn)
+    conv1x1 = lambda f, name: SNConv(  # noqa: E731
+        f, 1, use_bias=False, weight_init=self.weight_init, sn_eps=self.sn_eps,
+        sn_init_iters=self.sn_init_iters, dtype=self.dtype, conv_impl=self.conv_impl, name=name)
+    theta = conv1x1(c // 8, "theta")(x, update_sn).reshape(b, h * w, c // 8)
+    phi = max_pool2(conv1x1(c // 8, "phi")(x, update_sn)).reshape(b, h * w // 4, c // 8)
+    g = max_pool2(conv1x1(c // 2, "g")(x, update_sn)).reshape(b, h * w // 4, c // 2)
+    if self.is_mutable_collection("intermediates"):
+      beta = attention.attention_map(theta, phi)
+      self.sow("intermediates", "attention", beta)
+      o = jnp.einsum("bnm,bmc->bnc", beta.astype(self.dtype), g)
+    else:
+      o = attention.attend(theta, phi, g, attention.resolve(self.attention_impl, self.dtype))
+    o = conv1x1(c, "o")(o.reshape(b, h, w, c // 2), update_sn)
     gamma = self.param("gamma", nn.initializers.zeros, (), jnp.float32)
     return x + gamma.astype(self.dtype) * o.astype(self.dtype)
 

@@ -90,12 +90,15 @@ class Generator(nn.Module):
   bn_eps: float = 1e-5
   bn_group_size: int = 0
   dtype: Any = jnp.float32
+  conv_impl: str = "xla"
+  attention_impl: str = "einsum"
 
   @nn.compact
   def __call__(self, z: jax.Array, labels: jax.Array | None, train: bool) -> jax.Array:
     arch = architecture(self.resolution, self.ch)
     sn = dict(weight_init=self.weight_init, sn_eps=self.sn_eps, sn_init_iters=self.sn_init_iters,
               dtype=self.dtype)
+    convs = dict(sn, conv_impl=self.conv_impl)
     c0 = arch.g_blocks[0].in_ch
     h = layers.SNDense(4 * 4 * c0, name="linear", **sn)(z, train)
     h = h.reshape(z.shape[0], 4, 4, c0)
@@ -103,12 +106,13 @@ class Generator(nn.Module):
       h = blocks.GBlock(out_ch=spec.out_ch, num_classes=self.num_classes,
                         bn_momentum=self.bn_momentum, bn_eps=self.bn_eps,
                         bn_group_size=self.bn_group_size, name=f"block{k + 1}",
-                        **sn)(h, labels, train)
+                        **convs)(h, labels, train)
       if spec.out_res in self.attention:
-        h = layers.SelfAttention(name=f"attention{spec.out_res}", **sn)(h, train)
+        h = layers.SelfAttention(name=f"attention{spec.out_res}",
+                                 attention_impl=self.attention_impl, **convs)(h, train)
     h = layers.BatchNorm(self.bn_momentum, self.bn_eps, group_size=self.bn_group_size,
                          dtype=self.dtype, name="bn_out")(h, train)
-    h = layers.SNConv(3, 3, name="conv_out", **sn)(nn.relu(h), train)
+    h = layers.SNConv(3, 3, name="conv_out", **convs)(nn.relu(h), train)
     return jnp.tanh(h.astype(jnp.float32))
 
 
@@ -122,24 +126,28 @@ class Discriminator(nn.Module):
   sn_eps: float = 1e-12
   sn_init_iters: int = 10
   dtype: Any = jnp.float32
+  conv_impl: str = "xla"
+  attention_impl: str = "einsum"
 
   @nn.compact
   def __call__(self, x: jax.Array, labels: jax.Array | None, update_sn: bool) -> jax.Array:
     arch = architecture(self.resolution, self.ch)
     sn = dict(weight_init=self.weight_init, sn_eps=self.sn_eps, sn_init_iters=self.sn_init_iters,
               dtype=self.dtype)
+    convs = dict(sn, conv_impl=self.conv_impl)
     h = x.astype(self.dtype)
     attended = set()
     for k, spec in enumerate(arch.d_blocks):
       if k == 0:
-        h = blocks.OptimizedDBlock(out_ch=spec.out_ch, name="block1", **sn)(h, update_sn)
+        h = blocks.OptimizedDBlock(out_ch=spec.out_ch, name="block1", **convs)(h, update_sn)
       else:
         h = blocks.DBlock(out_ch=spec.out_ch, downsample=spec.downsample,
                           relu_shortcut=self.relu_shortcut, name=f"block{k + 1}",
-                          **sn)(h, update_sn)
+                          **convs)(h, update_sn)
       if spec.out_res in self.attention and spec.out_res not in attended:
         attended.add(spec.out_res)
-        h = layers.SelfAttention(name=f"attention{spec.out_res}", **sn)(h, update_sn)
+        h = layers.SelfAttention(name=f"attention{spec.out_res}",
+                                 attention_impl=self.attention_impl, **convs)(h, update_sn)
     h = jnp.sum(nn.relu(h).astype(jnp.float32), axis=(1, 2))
     out = layers.SNDense(1, name="linear", **{**sn, "dtype": jnp.float32})(h, update_sn)[:, 0]
     if self.num_classes > 0:
@@ -156,7 +164,8 @@ def generator_from_config(m, dtype=None) -> Generator:
                    num_classes=m.num_classes, attention=tuple(m.g_attention),
                    weight_init=m.init, sn_eps=m.sn_eps, sn_init_iters=m.sn_init_iters,
                    bn_momentum=m.bn_momentum, bn_eps=m.bn_eps,
-                   bn_group_size=m.bn_group_size, dtype=dtype or jnp.dtype(m.dtype))
+                   bn_group_size=m.bn_group_size, dtype=dtype or jnp.dtype(m.dtype),
+                   conv_impl=m.conv_impl, attention_impl=m.attention_impl)
 
 
 def discriminator_from_config(m, dtype=None) -> Discriminator:
@@ -164,4 +173,5 @@ def discriminator_from_config(m, dtype=None) -> Discriminator:
   return Discriminator(resolution=m.resolution, ch=m.d_ch or m.ch, num_classes=m.num_classes,
                        attention=tuple(m.d_attention), relu_shortcut=m.d_relu_shortcut,
                        weight_init=m.init, sn_eps=m.sn_eps, sn_init_iters=m.sn_init_iters,
-                       dtype=dtype or jnp.dtype(m.dtype))
+                       dtype=dtype or jnp.dtype(m.dtype), conv_impl=m.conv_impl,
+                       attention_impl=m.attention_impl)

@@ -1,0 +1,212 @@
+"""Convolution implementations against lax.conv and numpy; 'auto' and 'tune' selection."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sagan_jax import config_base, errors
+from sagan_jax.models import conv, conv_tune, layers
+
+
+def _numpy_conv(x, w):
+  """'SAME' stride-1 cross-correlation, NHWC x HWIO, float64 loops over the taps."""
+  k = w.shape[0]
+  p = k // 2
+  n, h, wd, _ = x.shape
+  xp = np.pad(x.astype(np.float64), ((0, 0), (p, p), (p, p), (0, 0)))
+  y = np.zeros((n, h, wd, w.shape[-1]))
+  for i in range(k):
+    for j in range(k):
+      y += xp[:, i:i + h, j:j + wd, :] @ w[i, j].astype(np.float64)
+  return y
+
+
+def _inputs(k, dtype=np.float32, shape=(3, 5, 7, 6), out=5, seed=0):
+  rng = np.random.default_rng(seed)
+  x = rng.standard_normal(shape).astype(dtype)
+  w = (rng.standard_normal((k, k, shape[-1], out)) * 0.3).astype(dtype)
+  dy = rng.standard_normal(shape[:3] + (out,)).astype(dtype)
+  return x, w, dy
+
+
+def _value_and_grads(impl, x, w, dy):
+  def f(x, w):
+    y, vjp = jax.vjp(lambda x, w: conv.conv2d(x, w, impl), x, w)
+    return (y,) + vjp(dy)
+  return [np.asarray(a, np.float64) for a in jax.jit(f)(x, w)]
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_xla_reference_matches_numpy(k):
+  x, w, _ = _inputs(k)
+  np.testing.assert_allclose(np.asarray(conv.conv_xla(x, w)), _numpy_conv(x, w),
+                             rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", ["im2col", "matmul", "shift"])
+@pytest.mark.parametrize("k", [1, 3])
+def test_impl_matches_lax_conv_values_and_gradients(impl, k):
+  # Odd sizes everywhere: batch 3, 5x7 maps, 6 -> 5 channels.
+  x, w, dy = _inputs(k)
+  ref = _value_and_grads("xla", x, w, dy)
+  got = _value_and_grads(impl, x, w, dy)
+  for name, a, b in zip(("y", "dx", "dw"), got, ref):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max(), err_msg=name)
+
+
+@pytest.mark.parametrize("impl", ["im2col", "matmul", "shift"])
+def test_impl_matches_lax_conv_in_bfloat16(impl):
+  x, w, dy = _inputs(3, jnp.bfloat16, shape=(2, 6, 6, 16), out=8, seed=1)
+  ref = _value_and_grads("xla", x, w, dy)
+  got = _value_and_grads(impl, x, w, dy)
+  for name, a, b in zip(("y", "dx", "dw"), got, ref):
+    assert got[0].dtype == ref[0].dtype
+    # bf16 keeps 8 bits: the sums may round differently, not more than a few ulps of the scale.
+    np.testing.assert_allclose(a, b, atol=0.03 * np.abs(b).max(), err_msg=name)
+
+
+def test_weight_gradients_agree():
+  x, w, dy = _inputs(3, shape=(2, 4, 9, 3), out=7)
+  ref = np.asarray(conv.weight_grad(x, dy, w.shape, "xla"))
+  for impl in ("im2col", "shift"):
+    np.testing.assert_allclose(np.asarray(conv.weight_grad(x, dy, w.shape, impl)), ref,
+                               rtol=1e-5, atol=1e-5)
+  # An even kernel with one-sided padding (the fused upsampling's phase convs).
+  pad = ((1, 0), (0, 1))
+  w2 = w[:2, :2]
+  dy2 = np.asarray(conv.conv2d(x, w2, "xla", pad))
+  ref = np.asarray(conv.weight_grad(x, dy2, w2.shape, "xla", pad))
+  for impl in ("im2col", "shift"):
+    np.testing.assert_allclose(np.asarray(conv.weight_grad(x, dy2, w2.shape, impl, pad)), ref,
+                               rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("impl", ["im2col", "matmul", "shift", "auto"])
+def test_sn_conv_gradients_match_xla_through_spectral_norm(impl):
+  x = jnp.asarray(np.random.default_rng(2).standard_normal((4, 8, 8, 16)), jnp.float32)
+  ref_mod = layers.SNConv(24, 3, conv_impl="xla")
+  v = ref_mod.init(jax.random.PRNGKey(0), x, update_sn=False)
+
+  def loss(params, mod):
+    y, _ = mod.apply({**v, "params": params}, x, update_sn=True, mutable=["spectral"])
+    return jnp.sum(jnp.sin(y))
+
+  ref = jax.grad(loss)(v["params"], ref_mod)
+  got = jax.grad(loss)(v["params"], layers.SNConv(24, 3, conv_impl=impl))
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4,
+                               atol=1e-5 * float(jnp.abs(b).max()))
+
+
+@pytest.mark.parametrize("impl", conv.IMPLS)
+@pytest.mark.parametrize("resample", ["up", "down"])
+@pytest.mark.parametrize("k", [1, 3])
+def test_fused_resampling_equals_the_literal_form(impl, resample, k):
+  # up: conv(upsample2(x)); down: avg_pool2(conv(x)); odd widths and channel counts.
+  x, w, _ = _inputs(k, shape=(3, 6, 10, 5), out=7, seed=4)
+
+  def run(fuse, choose):
+    def f(x, w):
+      return conv.resampled_conv(x, w, choose, resample, fuse=fuse)
+    y = f(x, w)
+    dy = np.random.default_rng(5).standard_normal(y.shape).astype(np.float32)
+    return [np.asarray(a, np.float64) for a in (y,) + jax.vjp(f, x, w)[1](dy)]
+
+  ref = run(False, lambda xs, ws: "xla")
+  got = run(True, lambda xs, ws: impl)
+  assert got[0].shape == ((3, 12, 20, 7) if resample == "up" else (3, 3, 5, 7))
+  for name, a, b in zip(("y", "dx", "dw"), got, ref):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max(), err_msg=name)
+
+
+def test_resampling_reference_matches_numpy():
+  x, w, _ = _inputs(3, shape=(2, 4, 6, 3), out=4)
+  up = np.repeat(np.repeat(x, 2, axis=1), 2, axis=2)
+  np.testing.assert_allclose(np.asarray(conv.resampled_conv(x, w, lambda *_: "xla", "up")),
+                             _numpy_conv(up, w), rtol=1e-5, atol=1e-5)
+  y = _numpy_conv(x, w)
+  pooled = y.reshape(2, 2, 2, 3, 2, 4).mean(axis=(2, 4))
+  np.testing.assert_allclose(np.asarray(conv.resampled_conv(x, w, lambda *_: "xla", "down")),
+                             pooled, rtol=1e-5, atol=1e-5)
+
+
+def test_unknown_impl_and_bad_kernel_are_refused():
+  x, w, _ = _inputs(3)
+  with pytest.raises(ValueError, match="unknown conv implementation"):
+    conv.conv2d(x, w, "fft")
+  with pytest.raises(ValueError, match="give the padding"):
+    conv.conv2d(x, np.zeros((2, 2, 6, 5), np.float32), "xla")
+  with pytest.raises(ValueError, match="resample"):
+    conv.resampled_conv(x, w, lambda *_: "xla", "sideways")
+
+
+def test_config_rejects_unknown_conv_impl():
+  c = config_base.base_config()
+  c.model.conv_impl = "fast"
+  with pytest.raises(errors.ConfigError, match="model.conv_impl"):
+    config_base.validate(c)
+
+
+def test_auto_rule_on_cpu():
+  r = lambda x, w: conv_tune.resolve("auto", x, w, np.float32)  # noqa: E731
+  assert r((64, 16, 16, 64), (1, 1, 64, 64)) == "matmul"    # 1x1: a matmul
+  assert r((64, 16, 16, 64), (3, 3, 64, 3)) == "xla"        # RGB output layer
+  assert r((128, 16, 16, 3), (3, 3, 3, 64)) == "im2col"     # RGB input layer
+  assert r((64, 16, 16, 64), (3, 3, 64, 64)) == "shift"     # 16,384 pixels
+  assert r((2, 8, 8, 64), (3, 3, 64, 64)) == "xla"          # too few pixels to gain
+  for impl in conv.IMPLS:
+    assert conv_tune.resolve(impl, (1, 4, 4, 8), (3, 3, 8, 8), np.float32) == impl
+
+
+@pytest.fixture
+def tune_cache(tmp_path, monkeypatch):
+  monkeypatch.setenv("SAGAN_JAX_CACHE_DIR", str(tmp_path))
+  monkeypatch.setattr(conv_tune, "_choices", {})
+  monkeypatch.setattr(conv_tune, "_disk_loaded", False)
+  return tmp_path / "conv_impl.json"
+
+
+def test_tune_times_once_and_keeps_the_choice_on_disk(tune_cache, monkeypatch):
+  shape, kernel = (8, 8, 8, 32), (3, 3, 32, 32)  # 9.4 MFLOP: above the timing floor
+  calls = []
+  real = conv_tune.time_candidates
+
+  def counting(*args, **kwargs):
+    calls.append(args)
+    return real(*args, rounds=1, **kwargs)
+
+  monkeypatch.setattr(conv_tune, "time_candidates", counting)
+  first = conv_tune.resolve("tune", shape, kernel, np.float32)
+  assert first in conv_tune.CANDIDATES and len(calls) == 1
+  saved = json.loads(tune_cache.read_text())
+  assert list(saved.values()) == [first]
+  assert "x 8x8x8x32|w 3x3x32x32|float32" in next(iter(saved))
+  # The same shape again, in this process or in a new one (memory cleared): no timing.
+  assert conv_tune.resolve("tune", shape, kernel, np.float32) == first
+  monkeypatch.setattr(conv_tune, "_choices", {})
+  monkeypatch.setattr(conv_tune, "_disk_loaded", False)
+  assert conv_tune.resolve("tune", shape, kernel, np.float32) == first
+  assert len(calls) == 1
+
+
+def test_tune_inside_a_jitted_trace(tune_cache):
+  x = jnp.ones((8, 8, 8, 32))
+  mod = layers.SNConv(32, 3, conv_impl="tune")
+  v = mod.init(jax.random.PRNGKey(0), x[:1], update_sn=False)
+  y = jax.jit(lambda v, x: mod.apply(v, x, update_sn=False))(v, x)
+  ref = layers.SNConv(32, 3, conv_impl="xla").apply(v, x, update_sn=False)
+  np.testing.assert_allclose(np.asarray(y), np.asarray(ref), rtol=1e-5, atol=1e-5)
+  assert tune_cache.exists()
+
+
+def test_tune_uses_the_rule_for_tiny_shapes(tune_cache):
+  assert conv_tune.resolve("tune", (2, 4, 4, 8), (3, 3, 8, 8), np.float32) == "xla"
+  assert not tune_cache.exists()
+
+
+def test_pick_keeps_xla_unless_clearly_beaten():
+  assert conv_tune._pick({"xla": 1.0, "im2col": 0.95, "shift": 0.97}) == "xla"
+  assert conv_tune._pick({"xla": 1.0, "im2col": 0.5, "shift": 0.6}) == "im2col"
