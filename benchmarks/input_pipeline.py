@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -76,17 +75,6 @@ def measure(config, threads: int | None, seconds: float) -> tuple[float, float]:
   return n / (time.perf_counter() - t0), n / (time.process_time() - c0)
 
 
-def cpu_name() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "unknown"
-
-
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--images", type=int, default=300)
@@ -94,7 +82,7 @@ def main():
   p.add_argument("--trials", type=int, default=3)
   args = p.parse_args()
 
-  from sagan_jax import config_base
+  from sagan_jax import config_base, utils
   with tempfile.TemporaryDirectory() as root:
     mean_bytes = write_jpegs(root, args.images)
     c = config_base.base_config()
@@ -126,7 +114,7 @@ def main():
       "pipeline": f"folder JPEG -> random square crop -> {RESOLUTION}x{RESOLUTION} "
                   "antialiased bilinear -> flip -> batch",
       "images": args.images, "mean_jpeg_bytes": round(mean_bytes), "jpeg_size": "500x375",
-      "cpu": cpu_name(), "cpu_count": os.cpu_count(),
+      "cpu": utils.cpu_model(), "cpu_count": os.cpu_count(),
       "images_per_s_one_thread": round(rates["one_core"]["wall"], 1),
       "images_per_s_all_cores": round(rates["all_cores"]["wall"], 1),
       "images_per_cpu_second": round(per_core, 1),

@@ -40,7 +40,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from peer_pytorch import SHAPES, cpu_model  # noqa: E402  (this directory; imports no torch)
+from peer_pytorch import SHAPES  # noqa: E402  (this directory; imports no torch)
 
 
 def load_config(path: str, overrides: list[str]):
@@ -191,11 +191,12 @@ def main():
                   help="device peak for MFU (default: measured matmul peak of this machine)")
   args = ap.parse_args()
   import jax
+  from sagan_jax import utils
   if args.compare is not None:
     devices = args.devices or [0]
     if max(devices) > 1:  # before the backend starts; a 1-device mesh then uses device 0
       jax.config.update("jax_num_cpu_devices", max(devices))
-    machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "jax": jax.__version__,
+    machine = {"cpu": utils.cpu_model(), "cores": os.cpu_count(), "jax": jax.__version__,
                "backend": jax.default_backend()}
     for path in args.configs or [os.path.join(os.path.dirname(os.path.dirname(
         os.path.abspath(__file__))), "configs/digits.py")]:
@@ -220,7 +221,7 @@ def main():
     cpu_devices.configure(load_config(runs[0][0], runs[0][1]).batch_size)
   peak32 = matmul_peak_gflops("float32")
   peak16 = matmul_peak_gflops("bfloat16")
-  machine = {"cpu": cpu_model(), "backend": jax.default_backend(),
+  machine = {"cpu": utils.cpu_model(), "backend": jax.default_backend(),
              "device": str(jax.devices()[0].device_kind), "jax": jax.__version__,
              "cpu_count": os.cpu_count(),
              "matmul_peak_gflops_f32": round(peak32, 1),

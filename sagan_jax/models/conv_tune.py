@@ -29,7 +29,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import platform
 import tempfile
 import time
 
@@ -37,6 +36,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from sagan_jax import utils
 from sagan_jax.models import conv
 
 _MIN_FLOPS = 5e6    # forward FLOPs below which timing is noise: use the rule
@@ -82,21 +82,8 @@ def cache_path() -> str | None:
   return os.path.join(root, _CACHE_FILE) if root else None
 
 
-@functools.lru_cache(maxsize=1)
-def cpu_model() -> str:
-  """The CPU's model name ('AMD EPYC', 'Intel(R) Xeon(R) Platinum 8480+', ...)."""
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
-
-
 def _machine() -> str:
-  return (f"{cpu_model()}|{os.cpu_count()} cpus|jax {jax.__version__}|"
+  return (f"{utils.cpu_model()}|{os.cpu_count()} cpus|jax {jax.__version__}|"
           f"{jax.local_device_count()} devices")
 
 
