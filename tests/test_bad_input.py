@@ -227,6 +227,8 @@ VALIDATE_ROWS = [
     ("optim.n_critic", 0), ("optim.schedule", "step"), ("optim.warmup_steps", 21),
     ("ema.decay", 1.0), ("ema.start_step", -1), ("data.source", "imagenet"),
     ("data.train_crop", "top"), ("eval.num_samples", 0), ("mesh.num_devices", -1),
+    ("profile_steps", (5, 2)), ("model.d_ch", -1), ("model.conv_impl", "cudnn"),
+    ("model.attention_impl", "flash"),
 ]
 
 
