@@ -82,7 +82,7 @@ def main():
   p.add_argument("--trials", type=int, default=3)
   args = p.parse_args()
 
-  from sagan_jax import config_base, utils
+  from sagan_jax import config_base, cpu_devices
   with tempfile.TemporaryDirectory() as root:
     mean_bytes = write_jpegs(root, args.images)
     c = config_base.base_config()
@@ -114,7 +114,7 @@ def main():
       "pipeline": f"folder JPEG -> random square crop -> {RESOLUTION}x{RESOLUTION} "
                   "antialiased bilinear -> flip -> batch",
       "images": args.images, "mean_jpeg_bytes": round(mean_bytes), "jpeg_size": "500x375",
-      "cpu": utils.cpu_model(), "cpu_count": os.cpu_count(),
+      "cpu": cpu_devices.cpu_model(), "cpu_count": os.cpu_count(),
       "images_per_s_one_thread": round(rates["one_core"]["wall"], 1),
       "images_per_s_all_cores": round(rates["all_cores"]["wall"], 1),
       "images_per_cpu_second": round(per_core, 1),

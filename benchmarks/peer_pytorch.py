@@ -76,7 +76,7 @@ LAUNCH_SCRIPT = "scripts/launch_SAGAN_bs128x2_ema.sh"
 def cpu_model() -> str:
   """The CPU's marketing name (`lscpu`'s Model name), or the platform's best guess.
 
-  (As `sagan_jax.utils.cpu_model`: this script runs where sagan_jax's dependencies are not.)
+  (As `sagan_jax.cpu_devices.cpu_model`: this script runs where sagan_jax's dependencies are not.)
   """
   try:
     with open("/proc/cpuinfo") as f:

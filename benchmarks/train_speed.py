@@ -191,12 +191,12 @@ def main():
                   help="device peak for MFU (default: measured matmul peak of this machine)")
   args = ap.parse_args()
   import jax
-  from sagan_jax import utils
+  from sagan_jax import cpu_devices
   if args.compare is not None:
     devices = args.devices or [0]
     if max(devices) > 1:  # before the backend starts; a 1-device mesh then uses device 0
       jax.config.update("jax_num_cpu_devices", max(devices))
-    machine = {"cpu": utils.cpu_model(), "cores": os.cpu_count(), "jax": jax.__version__,
+    machine = {"cpu": cpu_devices.cpu_model(), "cores": os.cpu_count(), "jax": jax.__version__,
                "backend": jax.default_backend()}
     for path in args.configs or [os.path.join(os.path.dirname(os.path.dirname(
         os.path.abspath(__file__))), "configs/digits.py")]:
@@ -217,11 +217,10 @@ def main():
   if args.devices:  # the CPU split for every run; by default the one `main` would choose
     jax.config.update("jax_num_cpu_devices", max(args.devices))
   else:
-    from sagan_jax import cpu_devices
     cpu_devices.configure(load_config(runs[0][0], runs[0][1]).batch_size)
   peak32 = matmul_peak_gflops("float32")
   peak16 = matmul_peak_gflops("bfloat16")
-  machine = {"cpu": utils.cpu_model(), "backend": jax.default_backend(),
+  machine = {"cpu": cpu_devices.cpu_model(), "backend": jax.default_backend(),
              "device": str(jax.devices()[0].device_kind), "jax": jax.__version__,
              "cpu_count": os.cpu_count(),
              "matmul_peak_gflops_f32": round(peak32, 1),

@@ -23,7 +23,9 @@ On GPU/TPU hosts the extra CPU devices exist but are unused.
 
 from __future__ import annotations
 
+import functools
 import os
+import platform
 
 import jax
 from absl import logging
@@ -39,6 +41,19 @@ def cores() -> int:
     return len(os.sched_getaffinity(0))
   except AttributeError:  # not Linux
     return os.cpu_count() or 1
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_model() -> str:
+  """The CPU's model name as `lscpu` shows it ('AMD EPYC', 'Intel(R) Xeon(R) ...')."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
 
 
 def plan(batch_size: int, n_cores: int, min_per_device: int = MIN_PER_DEVICE,

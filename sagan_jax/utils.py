@@ -10,7 +10,6 @@ status 2 (`cli_main`); details for debugging go to the absl log (shown with
 from __future__ import annotations
 
 import functools
-import platform
 import signal
 import sys
 from typing import Any, Callable
@@ -189,15 +188,3 @@ class Preemption:
       return bool(np.any(flags))
     return self.requested
 
-
-@functools.lru_cache(maxsize=1)
-def cpu_model() -> str:
-  """The CPU's model name as `lscpu` shows it ('AMD EPYC', 'Intel(R) Xeon(R) ...')."""
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()

@@ -36,7 +36,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from sagan_jax import utils
+from sagan_jax import cpu_devices
 from sagan_jax.models import conv
 
 _MIN_FLOPS = 5e6    # forward FLOPs below which timing is noise: use the rule
@@ -83,7 +83,7 @@ def cache_path() -> str | None:
 
 
 def _machine() -> str:
-  return (f"{utils.cpu_model()}|{os.cpu_count()} cpus|jax {jax.__version__}|"
+  return (f"{cpu_devices.cpu_model()}|{os.cpu_count()} cpus|jax {jax.__version__}|"
           f"{jax.local_device_count()} devices")
 
 
