@@ -25,8 +25,9 @@ def test_batches_have_interface_shape():
   src = data.make_source(c)
   assert src.num_classes == 10 and src.resolution == 16
   b = next(src)
-  assert b["image"].shape == (64, 16, 16, 3) and b["image"].dtype == np.uint8
-  assert b["label"].shape == (64,) and b["label"].dtype == np.int32
+  n = c.batch_size  # the config's global batch (32), one process
+  assert b["image"].shape == (n, 16, 16, 3) and b["image"].dtype == np.uint8
+  assert b["label"].shape == (n,) and b["label"].dtype == np.int32
 
 
 def test_resume_continues_the_same_stream():
