@@ -2,16 +2,17 @@
 
   python -m sagan_jax.main --config configs/digits.py --workdir runs/digits
 
-No download (the 1,797 8x8 digits ship with scikit-learn), upscaled to
-16x16; `main` splits the batch over two CPU devices, one per core. Expect
-about 6 minutes for the whole command on a 2-core AMD EPYC (1,250 steps at
-~0.25 s, plus start-up, compilation and evaluations); the 2-core Intel Xeon
-(Sapphire Rapids) kind has been the faster of the two (2.5x on the previous
-default), so expect less there. Sample grids appear in runs/digits/samples/
-(one row per class); `eval at step ...` lines at steps 500, 1,000 and 1,250
-score 1,000 EMA samples with a classifier trained on real digits: accuracy
-~0.47, ~0.98, then ~0.99 (every class >= 0.95), within-class variety ~0.75
-of the real digits' (the evaluate command in README.md gives the same).
+No download (the 1,797 8x8 digits ship with scikit-learn), upscaled to 16x16;
+`main` splits the batch over two CPU devices, one per core. Expect about 6
+minutes for the whole command on a 2-core AMD EPYC (measured 5 min 49 s: 1,250
+steps at 0.21-0.25 s, plus start-up, compilation and evaluations); the 2-core
+Intel Xeon (Sapphire Rapids) kind has been the faster of the two (2.5x on the
+previous default), so expect less there. Sample grids appear in
+runs/digits/samples/ (one row per class); `eval at step ...` lines at steps
+500, 1,000 and 1,250 score 1,000 EMA samples with a classifier trained on real
+digits: accuracy ~0.47, ~0.98, then ~0.99 (every class >= 0.95), within-class
+variety ~0.75 of the real digits' (the evaluate command in README.md gives the
+same).
 """
 
 from sagan_jax import config_base
