@@ -109,9 +109,6 @@ def stub_data_modules():
 
 def import_peer(checkout: str):
   """BigGAN-PyTorch's modules BigGAN, utils, train_fns, imported from the checkout."""
-  if not os.path.isfile(os.path.join(checkout, "BigGAN.py")):
-    sys.exit(f"error: --biggan_pytorch {checkout!r} is not a BigGAN-PyTorch checkout "
-             "(no BigGAN.py); see this script's --help")
   sys.path.insert(0, os.path.abspath(checkout))
   stub_data_modules()
   import BigGAN
@@ -220,7 +217,15 @@ def main():
   ap.add_argument("--native_d32", action="store_true",
                   help="keep BigGAN-PyTorch's 32x32 D table (attention after all 4 blocks)")
   args = ap.parse_args()
-  import torch
+  for f in ("BigGAN.py", LAUNCH_SCRIPT):
+    if not os.path.isfile(os.path.join(args.biggan_pytorch, f)):
+      ap.error(f"--biggan_pytorch {args.biggan_pytorch!r} is not a BigGAN-PyTorch checkout "
+               f"(no {f}): git clone https://github.com/ajbrock/BigGAN-PyTorch")
+  try:
+    import torch
+  except ImportError:
+    ap.error(f"torch is not installed for {sys.executable}: run this with a Python that has "
+             "torch (see the recipe at the top of --help)")
   torch.set_num_threads(args.threads)
   modules = import_peer(args.biggan_pytorch)
   if not args.native_d32:
