@@ -140,15 +140,6 @@ def nonfinite_message(what: str, step: int, last_ckpt: int | None, workdir: str,
           (" or --config.on_nan=rollback." if rollbacks is None else "."))
 
 
-def check_finite(metrics: dict[str, float], step: int, last_ckpt: int | None,
-                 workdir: str) -> None:
-  """Raises NonFiniteLossError if any metric is NaN/Inf, saying where to resume from."""
-  bad = nonfinite(metrics)
-  if bad:
-    raise errors.NonFiniteLossError(nonfinite_message(f"non-finite values {bad}", step,
-                                                      last_ckpt, workdir))
-
-
 class Preemption:
   """Turns SIGTERM (TPU maintenance, scheduler kill) into a flag the loop polls."""
 
@@ -187,4 +178,3 @@ class Preemption:
       flags = multihost_utils.process_allgather(np.array([self.requested], np.int32))
       return bool(np.any(flags))
     return self.requested
-

@@ -148,10 +148,14 @@ def test_corrupt_checkpoint_gives_clear_error(tmp_path):
     train.train_and_evaluate(more, str(tmp_path), mesh=parallel.make_mesh(1))
 
 
-def test_nonfinite_loss_stops_with_message():
-  with pytest.raises(errors.NonFiniteLossError, match="step 7.*last good checkpoint \\(step 5\\)"):
-    utils.check_finite({"d_loss": float("nan"), "g_loss": 1.0}, 7, 5, "/w")
-  utils.check_finite({"d_loss": 0.5}, 7, 5, "/w")  # finite: no error
+def test_nonfinite_metrics_and_the_stop_message():
+  assert utils.nonfinite({"d_loss": float("nan"), "g_loss": 1.0, "x": float("inf")}) == {
+      "d_loss": pytest.approx(float("nan"), nan_ok=True), "x": float("inf")}
+  assert utils.nonfinite({"d_loss": 0.5}) == {}
+  msg = utils.nonfinite_message("non-finite values", 7, 5, "/w")
+  assert "at step 7" in msg and "last good checkpoint (step 5)" in msg and "on_nan" in msg
+  assert "no checkpoint was written yet" in utils.nonfinite_message("x", 7, None, "/w")
+  assert "after 2 rollbacks" in utils.nonfinite_message("x", 7, 5, "/w", rollbacks=2)
 
 
 def test_nan_in_training_is_caught(tmp_path, monkeypatch):
