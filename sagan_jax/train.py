@@ -181,6 +181,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   integrity.check_workdir(workdir)
   mesh = mesh if mesh is not None else parallel.make_mesh(config.mesh.num_devices)
   parallel.check_batch_size(config.batch_size, mesh)
+  from clu import metric_writers  # (imports TensorFlow: every process, before they sync)
+
   from sagan_jax import data as data_lib
   from sagan_jax.evaluation import evaluators
 
@@ -205,14 +207,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     source = make_source(start)
   state = restored.state if restored else create_state(models, config, mesh)
   rollbacks = restored.rollbacks if restored else 0
+  # The first cross-process transfer (it sets up the CPU collectives, which give up after
+  # 30 s): here, while the processes are in step, not after the chief's writer set-up.
+  rng = step_rng(config, mesh, rollbacks)
 
-  from clu import metric_writers
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief,
                                                 asynchronous=False)
   if start == 0:
     writer.write_hparams(utils.flatten_dict(config.to_dict()))
   step_fn = make_train_step(models, config, mesh)
-  rng = step_rng(config, mesh, rollbacks)
   grid_z, grid_y, grid_cols = sampling.grid_inputs(config)
   scale = max(1, 128 // config.model.resolution)
 
