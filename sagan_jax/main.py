@@ -35,6 +35,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from sagan_jax import config_base, cpu_devices, distributed, integrity
+  # Checked here before jax.distributed waits for the other hosts (up to minutes);
+  # train_and_evaluate checks again for callers that use it as a library.
   config_base.validate(FLAGS.config)
   integrity.check_workdir(FLAGS.workdir)
   plan = distributed.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
