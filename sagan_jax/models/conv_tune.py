@@ -129,10 +129,6 @@ def _save_disk() -> None:
     logging.warning("could not write conv choices file %s: %s", path, e)
 
 
-def _tuning_enabled() -> bool:
-  return os.environ.get("SAGAN_JAX_CONV_TUNE", "1") != "0" and jax.process_count() == 1
-
-
 def time_candidates(x_shape, w_shape, dtype, impls=CANDIDATES,
                     rounds: int = _ROUNDS) -> dict[str, float]:
   """Best seconds of the weight gradient per implementation.
