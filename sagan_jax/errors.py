@@ -32,3 +32,13 @@ class NonFiniteLossError(UserError, FloatingPointError):
 
 class WeightsNotFoundError(UserError, FileNotFoundError):
   """No usable Inception weight file; the message says which file to get."""
+
+
+def check_flag(ok: bool, name: str, value, want: str) -> None:
+  """Raises ConfigError `--name=value is invalid: want.` unless `ok` (every command's flags).
+
+  The same wording as the config checks (`config.field=value is invalid: ...`), so a
+  mistake in a flag reads like one in a config field.
+  """
+  if not ok:
+    raise ConfigError(f"--{name}={value!r} is invalid: {want}.")
