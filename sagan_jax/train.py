@@ -183,7 +183,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   integrity.check_workdir(workdir)
   mesh = mesh if mesh is not None else parallel.make_mesh(config.mesh.num_devices)
   parallel.check_batch_size(config.batch_size, mesh)
-  from clu import metric_writers  # (imports TensorFlow: every process, before they sync)
+  from sagan_jax import tf_setup
+  tf_setup.import_tf()   # TensorFlow (clu's writers, the data) quietly, every process, in step
+  from clu import metric_writers
 
   from sagan_jax import data as data_lib
   from sagan_jax.evaluation import evaluators
