@@ -140,7 +140,7 @@ def main(argv):
   print(json.dumps(info))
 
 
-if __name__ == "__main__":
+def define_flags() -> None:
   utils.define_config_flag("Config: a built-in name (digits, imagenet128:official, ...) or a "
                            "file (configs/*.py[:variant]).")
   flags.DEFINE_integer("batch", None, "Global batch to compile for (default: config's).")
@@ -149,4 +149,7 @@ if __name__ == "__main__":
   flags.DEFINE_bool("compile", True, "Compile the train step for FLOPs and memory "
                     "(--nocompile: only count parameters).")
   flags.mark_flag_as_required("config")
-  utils.run(main)
+
+
+if __name__ == "__main__":
+  utils.run(main, define_flags)

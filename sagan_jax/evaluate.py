@@ -105,10 +105,8 @@ def define_flags() -> None:
     if alias not in FLAGS:
       flags.DEFINE_alias(alias, name)
   if "config" not in FLAGS:
-    from ml_collections import config_flags
-    config_flags.DEFINE_config_file(
-        "config", None, "Training config (for --compute_ref_stats over its dataset).",
-        lock_config=False)
+    utils.define_config_flag("Training config, a built-in name or a file (for "
+                             "--compute_ref_stats over its dataset).", lock_config=False)
 
 
 def _log(msg: str) -> None:

@@ -32,6 +32,11 @@ def make_grid(images: np.ndarray, ncol: int, pad: int = 2) -> np.ndarray:
   return grid
 
 
+def display_scale(resolution: int) -> int:
+  """The nearest-neighbour PNG upscale that shows `resolution`-px tiles at about 128 px."""
+  return max(1, 128 // resolution)
+
+
 def save_png(path: str, image: np.ndarray, scale: int = 1) -> None:
   """Writes a uint8 [H, W, 3] array as PNG, local or gs:// (nearest upscale by `scale`)."""
   img = Image.fromarray(image)

@@ -19,12 +19,11 @@ passes (BigGAN's standing statistics). Python code: `sagan_jax.load(workdir)`.
 
 from __future__ import annotations
 
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
+from etils import epath
 
 from sagan_jax import api, errors, exploration, images, utils
 from sagan_jax.sampling import balanced_labels
@@ -47,7 +46,7 @@ def write_interpolation(run: api.Run, classes, use_ema):
   labels = np.repeat(np.asarray(classes, np.int32), FLAGS.steps)
   imgs = images.to_uint8(run.generate(z, labels, ema=use_ema, batch_size=FLAGS.batch_size))
   images.save_png(FLAGS.interpolate, images.make_grid(imgs, FLAGS.steps),
-                  scale=FLAGS.scale or max(1, 128 // m.resolution))
+                  scale=FLAGS.scale or images.display_scale(m.resolution))
   utils.say(f"wrote {FLAGS.interpolate}: {len(classes)} rows x {FLAGS.steps} interpolation steps")
 
 
@@ -73,7 +72,7 @@ def write_attention(run: api.Run, classes, use_ema):
                          "pixels)") from None
   tiles = exploration.attention_sheet(images.to_uint8(out), np.asarray(maps[name]), queries)
   images.save_png(FLAGS.attention, images.make_grid(tiles, 1 + len(queries)),
-                  scale=FLAGS.scale or max(1, 128 // m.resolution))
+                  scale=FLAGS.scale or images.display_scale(m.resolution))
   utils.say(f"wrote {FLAGS.attention}: {n} samples x {len(queries)} query points, layer {name}")
 
 
@@ -90,11 +89,6 @@ def check_flags() -> None:
   check(FLAGS.steps >= 2, "steps", FLAGS.steps, "must be >= 2 (both ends of the line)")
   check(FLAGS.truncation is None or FLAGS.truncation > 0, "truncation", FLAGS.truncation,
         "must be > 0 (e.g. 0.5; leave it out for no truncation)")
-  for name in ("out", "npz", "interpolate", "attention"):
-    path = FLAGS[name].value
-    if path and "://" not in path:
-      parent = os.path.dirname(os.path.abspath(path))
-      check(os.path.isdir(parent), name, path, f"its directory {parent} does not exist")
 
 
 @utils.cli_main
@@ -127,7 +121,7 @@ def main(argv):
     imgs = run.sample(len(labels), FLAGS.seed, labels, use_ema, FLAGS.batch_size,
                       FLAGS.truncation)
     grid = images.make_grid(imgs, FLAGS.per_class)
-    images.save_png(FLAGS.out, grid, scale=FLAGS.scale or max(1, 128 // m.resolution))
+    images.save_png(FLAGS.out, grid, scale=FLAGS.scale or images.display_scale(m.resolution))
     utils.say(f"wrote {FLAGS.out}: {len(classes)} classes x {FLAGS.per_class} samples, "
           f"step {run.step}, {'EMA' if use_ema else 'raw'} generator")
   if FLAGS.interpolate:
@@ -137,12 +131,14 @@ def main(argv):
   if FLAGS.npz:
     labels = balanced_labels(FLAGS.num_samples, m.num_classes)
     imgs = run.sample(FLAGS.num_samples, FLAGS.seed, labels, use_ema, FLAGS.batch_size)
-    with open(FLAGS.npz, "wb") as f:
+    out = epath.Path(FLAGS.npz)
+    out.parent.mkdir(parents=True, exist_ok=True)   # as the PNG writers do
+    with out.open("wb") as f:
       np.savez(f, images=imgs, labels=labels)
     utils.say(f"wrote {FLAGS.npz}: images {imgs.shape} uint8, labels {labels.shape}")
 
 
-if __name__ == "__main__":
+def define_flags() -> None:
   flags.DEFINE_string("workdir", None, "Training workdir with checkpoints.")
   flags.DEFINE_string("out", None, "PNG path for a class grid (a row per class).")
   flags.DEFINE_string("classes", None, "Comma-separated class ids for the grid "
@@ -169,4 +165,7 @@ if __name__ == "__main__":
   flags.DEFINE_string("attention_layer", None, "Which G attention layer, e.g. attention64 "
                       "(default: the first).")
   flags.mark_flag_as_required("workdir")
-  utils.run(main)
+
+
+if __name__ == "__main__":
+  utils.run(main, define_flags)

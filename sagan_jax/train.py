@@ -221,7 +221,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     writer.write_hparams(utils.flatten_dict(config.to_dict()))
   step_fn = make_train_step(models, config, mesh)
   grid_z, grid_y, grid_cols = sampling.grid_inputs(config)
-  scale = max(1, 128 // config.model.resolution)
+  scale = images.display_scale(config.model.resolution)
 
   def write_samples(step: int):
     imgs = sampling.generate_from_state(config, models, state, grid_y, z=grid_z,

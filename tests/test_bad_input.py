@@ -136,9 +136,6 @@ ROWS = {
                                           "--per_class=0"), "--per_class=0 is invalid"),
     "sample: truncation 0": Row("sample", ("--workdir", "{d}/fake_run", "--out", "{wd}.png",
                                            "--truncation=0"), "--truncation=0.0 is invalid"),
-    "sample: output folder missing": Row("sample", ("--workdir", "{d}/fake_run", "--out",
-                                                    "{wd}/grid.png"),
-                                         "--out='{wd}/grid.png' is invalid: its directory"),
     # --- convert
     "convert: unknown framework": Row("convert", ("--from", "no_such_framework", "--weights",
                                                   "{d}", "--config", "tiny", "--workdir",

@@ -76,7 +76,9 @@ class Command:
     return f"{self.doc}:{self.line}: {self.text}"
 
 
-_COMMAND_START = re.compile(r"^(sagan-jax|python|pip|pytest|tensorboard|launch/|bash|/)")
+# In plain ``` blocks (which also hold layouts and JSON), the lines that are commands.
+_COMMAND_START = re.compile(r"^(sagan-jax |python3? |pip |pytest\b|tensorboard |bash |"
+                            r"launch/\S+\.(sh|sbatch) |/\S*/python3? )")
 
 
 def shell_commands(doc: str) -> list[Command]:

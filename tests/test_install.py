@@ -84,8 +84,8 @@ def test_train_resume_sample_evaluate_load_with_relative_paths(installed):
 
   # A damaged newest checkpoint: skipped with a warning naming it, the previous one is used.
   ckpts = os.path.join(cwd, "w", "checkpoints")
-  victim = next(os.path.join(root, f) for root, _, files in os.walk(os.path.join(ckpts, "24"))
-                for f in sorted(files) if os.path.getsize(os.path.join(root, f)) > 100)
+  victim = max((os.path.join(root, f) for root, _, files in
+                os.walk(os.path.join(ckpts, "24", "state")) for f in files), key=os.path.getsize)
   with open(victim, "r+b") as f:
     f.truncate(os.path.getsize(victim) // 2)
   p = _run(installed, "sagan-jax", "sample", "--workdir", "w", "--out", "g2.png")

@@ -25,8 +25,6 @@ JPEGs are decoded only inside the crop window.
 
 from __future__ import annotations
 
-from absl import logging
-
 
 def import_tf():
   """TensorFlow with GPUs and TPUs hidden from it (JAX owns the accelerators), imported quietly."""

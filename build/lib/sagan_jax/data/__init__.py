@@ -1,0 +1,50 @@
+"""Input pipelines behind one interface.
+
+`make_source(config, ...)` returns a `Source`: an iterable of host-local
+batches `{"image": uint8 [local_batch, H, W, 3], "label": int32 [local_batch]}`
+where `local_batch = config.batch_size // process_count`. Images stay uint8 on
+the host; the train step normalises them to [-1, 1] on device. Every source is
+infinite (repeats) and seeded by `(config.seed, start_batch)`, where
+`start_batch` is the number of global batches the run has already consumed, so
+a resumed run continues with fresh batches instead of replaying the first ones.
+
+Modules (each imports only modules listed below it, so there are no circles):
+
+  prepare      `python -m sagan_jax.data.prepare NAME`: prepare a TFDS dataset
+  digits       the embedded default data (scikit-learn's digits)
+  pipeline     tf.data sources ('tfds', 'folder'): `make_source`,
+               `train_dataset`, `make_eval_iterator`, the batch iterator
+  tfds_source  the TFDS reader (builder, features, prepare message, sharding)
+  folder       the image-folder scan and reader
+  reader       what a tf.data reader hands the pipeline (`Reader`), tf.data
+               options, the class-count check
+  transforms   TensorFlow on the CPU (`import_tf`), train/eval image transforms
+  source       `Source`, `local_batch_size` (re-exported here)
+
+Problems with the data raise `sagan_jax.errors.DataError`.
+"""
+
+from __future__ import annotations
+
+from sagan_jax.data.source import Source, local_batch_size
+from sagan_jax.errors import ConfigError
+
+__all__ = ["Source", "local_batch_size", "make_source"]
+
+
+def make_source(config, *, process_index: int = 0, process_count: int = 1,
+                start_batch: int = 0) -> Source:
+  """Builds the input source named by `config.data.source`."""
+  source = config.data.source
+  if source == "digits":
+    from sagan_jax.data import digits
+    return digits.make_source(config, process_index=process_index,
+                              process_count=process_count,
+                              start_batch=start_batch)
+  if source in ("tfds", "folder"):
+    from sagan_jax.data import pipeline
+    return pipeline.make_source(config, process_index=process_index,
+                                process_count=process_count,
+                                start_batch=start_batch)
+  raise ConfigError(f"config.data.source={source!r} is invalid: use 'digits', 'tfds' or "
+                    "'folder'.")

@@ -1,0 +1,187 @@
+"""The TFDS reader: one process's share of a prepared TFDS dataset.
+
+`train_reader` and `eval_reader` (called by `sagan_jax.data.pipeline` for
+config.data.source='tfds') open `config.data.name` in the data_dir
+(config.data.dir, else TFDS_DATA_DIR, else the TFDS default), check its
+image/label features against the config, and return a `Reader` of
+(image, label[, index]). Each process reads its share of the split
+(`tfds.split_for_jax_process`). For training the files are read in a seeded
+shuffled order, then shuffled in a buffer of config.data.shuffle_buffer and
+repeated; for evaluation once, in order.
+
+A dataset that is not prepared stops with a message saying how to prepare it
+(`python -m sagan_jax.data.prepare`, which shares this module's ImageNet
+archive names, dataset-name check and data_dir fallback).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from sagan_jax.errors import DataError
+from sagan_jax.data.reader import Reader, check_classes, data_options
+from sagan_jax.data.transforms import import_tf
+
+IMAGENET_TARS = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
+
+
+def is_imagenet(name: str) -> bool:
+  """Whether a TFDS name ('imagenet2012', 'imagenet2012/x:5.1.0') is ImageNet-1k."""
+  return name.split("/")[0].split(":")[0] == "imagenet2012"
+
+
+def tfds_data_dir(data_dir: str | None) -> str | None:
+  """The data_dir asked for, else TFDS_DATA_DIR, else None (the TFDS default)."""
+  return data_dir or os.environ.get("TFDS_DATA_DIR") or None
+
+
+def manual_dir(data_dir: str | None) -> str:
+  """Where TFDS looks for manual downloads in `data_dir` (no trailing slash)."""
+  import tensorflow_datasets as tfds
+  return (data_dir or tfds.core.constants.DATA_DIR).rstrip("/") + "/downloads/manual"
+
+
+def missing_imagenet_tars(manual: str) -> list[str]:
+  """The ImageNet archives that are not in the folder `manual`."""
+  tf = import_tf()
+  return [t for t in IMAGENET_TARS if not tf.io.gfile.exists(f"{manual.rstrip('/')}/{t}")]
+
+
+def _prepare_message(name: str, data_dir: str | None, tfds) -> str:
+  import tensorflow as tf
+  where = data_dir or (f"{tfds.core.constants.DATA_DIR} (the TFDS default; set "
+                       "--config.data.dir or TFDS_DATA_DIR to use another)")
+  flag = f" --data_dir={data_dir}" if data_dir else ""
+  build = f"`python -m sagan_jax.data.prepare {name}{flag}`"
+  if is_imagenet(name):
+    manual = manual_dir(data_dir) + "/"
+    try:
+      missing = missing_imagenet_tars(manual)
+    except tf.errors.OpError:
+      missing = list(IMAGENET_TARS)
+    if not missing:
+      todo = f"Both archives are in {manual}; run {build} once"
+    else:
+      todo = (f"ImageNet needs a manual download: get {IMAGENET_TARS[0]} and "
+              f"{IMAGENET_TARS[1]} from https://image-net.org (registration required), put "
+              f"both in {manual} and run {build} once")
+    return (f"TFDS dataset {name!r} is not prepared in {where}. {todo} (or `tfds build "
+            f"imagenet2012{flag}`; it writes about 150 GB of TFRecords, a gs:// bucket works "
+            "as data_dir). See docs/data.md.")
+  return (f"TFDS dataset {name!r} is not prepared in {where}. Prepare it once on a machine "
+          f"with internet access: {build} (or `tfds build {name}{flag}`), then copy that "
+          "data_dir here (or to a gs:// bucket) and point --config.data.dir (or "
+          "TFDS_DATA_DIR) at it. See docs/data.md.")
+
+
+def _builder(config):
+  tf = import_tf()
+  import tensorflow_datasets as tfds
+  name = config.data.name
+  data_dir = tfds_data_dir(config.data.dir)
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise DataError(
+        f"config.data.name={name!r} is not a TFDS dataset; use a name from "
+        "https://www.tensorflow.org/datasets/catalog (e.g. 'imagenet2012', "
+        "'imagenet_resized/64x64', 'cifar10'), or --config.data.source=folder for your "
+        "own images.") from e
+  except tf.errors.OpError as e:
+    raise DataError(f"cannot open TFDS data_dir {data_dir}: {e.message}") from e
+  return tfds, builder, data_dir
+
+
+def _features(config, builder) -> tuple[bool, int]:
+  """(image feature is encoded, number of classes); DataError if unusable."""
+  import tensorflow_datasets as tfds
+  feats = builder.info.features
+  name, ikey, lkey = config.data.name, config.data.image_key, config.data.label_key
+  if ikey not in feats:
+    raise DataError(f"TFDS dataset {name!r} has no feature {ikey!r} "
+                    f"(features: {sorted(feats.keys())}); set --config.data.image_key.")
+  image_feature = feats[ikey]
+  encoded = isinstance(image_feature, tfds.features.Image)
+  num_classes = 0
+  if lkey in feats:
+    lf = feats[lkey]
+    if not isinstance(lf, tfds.features.ClassLabel):
+      raise DataError(f"feature {lkey!r} of TFDS dataset {name!r} is not a class label "
+                      f"({type(lf).__name__}); set --config.data.label_key to a ClassLabel "
+                      "feature, or --config.model.num_classes=0.")
+    num_classes = lf.num_classes
+  check_classes(config, num_classes, f"feature {lkey!r}", f"TFDS dataset {name!r}")
+  return encoded, num_classes
+
+
+def _read(config, split, *, shuffle_files: bool, file_seed: int | None,
+          threads: int | None) -> Reader:
+  """A Reader of (image, label) over `split`, or DataError."""
+  tf = import_tf()
+  tfds, builder, data_dir = _builder(config)
+  encoded, num_classes = _features(config, builder)
+  ikey, lkey = config.data.image_key, config.data.label_key
+  read_config = tfds.ReadConfig(shuffle_seed=file_seed, shuffle_reshuffle_each_iteration=True,
+                                options=data_options(threads))
+  decoders = {ikey: tfds.decode.SkipDecoding()} if encoded else None
+  try:
+    ds = builder.as_dataset(split=split, shuffle_files=shuffle_files, read_config=read_config,
+                            decoders=decoders)
+  except AssertionError as e:  # "could not find data in ..."
+    raise DataError(_prepare_message(config.data.name, data_dir, tfds)) from e
+  except (ValueError, KeyError) as e:
+    splits = sorted(builder.info.splits.keys())
+    raise DataError(f"cannot read split {split!r} of TFDS dataset {config.data.name!r}: {e}. "
+                    f"Available splits: {splits}; set --config.data.split.") from e
+  except tf.errors.OpError as e:
+    raise DataError(f"cannot read TFDS dataset {config.data.name!r} in {data_dir}: "
+                    f"{e.message}") from e
+  has_label = num_classes > 0
+
+  def pick(ex):
+    label = tf.cast(ex[lkey], tf.int32) if has_label else tf.constant(0, tf.int32)
+    return ex[ikey], label
+
+  return Reader(ds.map(pick, num_parallel_calls=tf.data.AUTOTUNE), encoded, num_classes,
+                f"tfds:{config.data.name}")
+
+
+def _split_name(config, process_index, process_count, split=None):
+  """`split` (default config.data.split), or this process's share of it."""
+  import tensorflow_datasets as tfds
+  split = split or config.data.split
+  if process_count == 1:
+    return split
+  return tfds.split_for_jax_process(split, process_index=process_index,
+                                    process_count=process_count)
+
+
+def train_reader(config, *, process_index: int, process_count: int, seeds,
+                 threads: int | None) -> Reader:
+  """Endless (image, label, index) of this process's share, shuffled.
+
+  seeds[0] orders the files, seeds[1] the shuffle buffer (see
+  `pipeline.stream_seeds`).
+  """
+  import_tf()  # hides accelerators from TF before any dataset is built
+  split = _split_name(config, process_index, process_count)
+  reader = _read(config, split, shuffle_files=True, file_seed=int(seeds[0]), threads=threads)
+  ds = reader.dataset
+  if config.data.shuffle_buffer > 1:
+    ds = ds.shuffle(config.data.shuffle_buffer, seed=int(seeds[1]),
+                    reshuffle_each_iteration=True)
+  ds = ds.repeat().enumerate().map(lambda k, x: (x[0], x[1], k))
+  return dataclasses.replace(reader, dataset=ds)
+
+
+def eval_reader(config, split: str | None, *, process_index: int, process_count: int,
+                num_images: int | None) -> Reader:
+  """(image, label) of this process's share of `split`, once, in order.
+
+  num_images is not needed here: the pipeline stops after that many and
+  TFDS reads lazily.
+  """
+  del num_images
+  name = _split_name(config, process_index, process_count, split)
+  return _read(config, name, shuffle_files=False, file_seed=None, threads=None)

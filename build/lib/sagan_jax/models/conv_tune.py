@@ -1,0 +1,197 @@
+"""Which convolution implementation a layer uses: `model.conv_impl` 'auto' and 'tune'.
+
+    resolve(conv_impl, x_shape, w_shape, dtype) -> 'xla' | 'im2col' | 'matmul' | 'shift'
+
+On GPU and TPU both mean 'xla' (cuDNN and the TPU compiler need no help).
+On CPU:
+
+  auto  a fixed rule per shape (`rule`), measured on the 2-core CPUs this
+        project runs on: deterministic and free.
+  tune  timed per shape on this machine, as cuDNN's autotuner does: the
+        first time a 3x3 shape is traced, the candidates (`CANDIDATES`,
+        which differ only in the weight gradient) are compiled and run a
+        few times, alternating, and the best minimum wins (XLA must be beaten
+        by `_MARGIN`, so that timing noise does not flip a tie). The choice
+        is kept in memory and in `~/.cache/sagan_jax/conv_impl.json`
+        (`$SAGAN_JAX_CACHE_DIR`, or `$XDG_CACHE_HOME`, moves it; '' turns the
+        file off), keyed by CPU model, core count, jax version, device count,
+        shapes and dtype, so later runs pay nothing and choose the same.
+        Shapes too small to time reliably or too large to time cheaply, and
+        runs of several processes (all must compile one program), use the
+        rule.
+
+Every implementation computes the same function within float32 rounding,
+so the choice changes speed, not results.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import tempfile
+import time
+
+import jax
+import numpy as np
+from absl import logging
+
+from sagan_jax import cpu_devices
+from sagan_jax.models import conv
+
+_MIN_FLOPS = 5e6    # forward FLOPs below which timing is noise: use the rule
+_MAX_FLOPS = 4e9    # above this, timing 4 candidates would cost seconds: use the rule
+_ROUNDS = 5         # alternating timed rounds per candidate
+_MARGIN = 0.9       # a candidate must take < 90% of XLA's time to replace it
+_CACHE_FILE = "conv_impl.json"
+# Timed for 'auto': they differ only in the weight gradient ('matmul' is there to be asked for).
+CANDIDATES = ("xla", "im2col", "shift")
+
+_choices: dict[str, str] = {}
+_disk_loaded = False
+
+
+def rule(x_shape, w_shape) -> str:
+  """'auto' on CPU: XLA where its weight gradient is fine, matmuls where they win.
+
+  Measured on a 2-core AMD EPYC (jax 0.10, weight gradient alone): a 1x1
+  conv is 4-7x faster as a matmul; a narrow output (the RGB layer) stays
+  with XLA (a matmul with 3 columns is 4x slower); a narrow input (the RGB
+  input) is 2.5-5x faster as one im2col matmul; a few thousand pixels
+  (N*H*W) or fewer are a tie or XLA's; above that the shifted-slice weight
+  gradient is 1.2x (64 channels, 16x16, batch 64) to 3-10x (128 channels,
+  32x32 or more) faster than XLA's.
+  """
+  n, h, w, _ = x_shape
+  kh, kw, c, o = w_shape
+  if (kh, kw) == (1, 1):
+    return "matmul"
+  if o < 8:
+    return "xla"
+  if c < 8:
+    return "im2col"
+  return "shift" if n * h * w >= 4096 else "xla"
+
+
+def cache_path() -> str | None:
+  """The choices file, or None when `$SAGAN_JAX_CACHE_DIR` is set to ''."""
+  root = os.environ.get("SAGAN_JAX_CACHE_DIR")
+  if root is None:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    root = os.path.join(base, "sagan_jax")
+  return os.path.join(root, _CACHE_FILE) if root else None
+
+
+def _machine() -> str:
+  return (f"{cpu_devices.cpu_model()}|{os.cpu_count()} cpus|jax {jax.__version__}|"
+          f"{jax.local_device_count()} devices")
+
+
+def _key(x_shape, w_shape, dtype) -> str:
+  shape = lambda s: "x".join(str(int(d)) for d in s)  # noqa: E731
+  return f"{_machine()}|x {shape(x_shape)}|w {shape(w_shape)}|{np.dtype(dtype).name}"
+
+
+def _read_disk() -> dict[str, str]:
+  path = cache_path()
+  if not path or not os.path.exists(path):
+    return {}
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+    return {k: v for k, v in saved.items() if v in conv.IMPLS}
+  except (OSError, ValueError, AttributeError) as e:
+    logging.warning("ignoring unreadable conv choices file %s: %s", path, e)
+    return {}
+
+
+def _load_disk() -> None:
+  global _disk_loaded
+  if not _disk_loaded:
+    _disk_loaded = True
+    for k, v in _read_disk().items():
+      _choices.setdefault(k, v)
+
+
+def _save_disk() -> None:
+  """Adds this process's choices to the file (keeping what others wrote meanwhile)."""
+  path = cache_path()
+  if not path:
+    return
+  merged = {**_read_disk(), **_choices}
+  try:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+      json.dump(merged, f, indent=0, sort_keys=True)
+    os.replace(tmp, path)  # atomic: a concurrent reader sees the old or the new file
+  except OSError as e:
+    logging.warning("could not write conv choices file %s: %s", path, e)
+
+
+def time_candidates(x_shape, w_shape, dtype, impls=CANDIDATES,
+                    rounds: int = _ROUNDS) -> dict[str, float]:
+  """Best seconds of the weight gradient per implementation.
+
+  The candidates share XLA's forward pass and input gradient, so only the
+  weight gradient is timed: small programs, quick to compile.
+  """
+  kh, kw = w_shape[:2]
+  # SAME for odd kernels, VALID for even ones (the fused resampling convs; close enough).
+  pad = conv.same_padding(w_shape) if kh % 2 else ((0, 0), (0, 0))
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal(x_shape).astype(dtype)
+  out = (x_shape[0], x_shape[1] + sum(pad[0]) - kh + 1, x_shape[2] + sum(pad[1]) - kw + 1)
+  dy = rng.standard_normal(out + (w_shape[-1],)).astype(dtype)
+  fns = {}
+  for impl in impls:
+    fns[impl] = jax.jit(functools.partial(conv.weight_grad, w_shape=tuple(w_shape), impl=impl,
+                                          padding=pad))
+    jax.block_until_ready(fns[impl](x, dy))  # compile and warm up
+  best = dict.fromkeys(impls, float("inf"))
+  for _ in range(rounds):
+    for impl, fn in fns.items():
+      t = time.perf_counter()
+      jax.block_until_ready(fn(x, dy))
+      best[impl] = min(best[impl], time.perf_counter() - t)
+  return best
+
+
+def _pick(times: dict[str, float]) -> str:
+  fastest = min(times, key=times.get)
+  if "xla" in times and times[fastest] > _MARGIN * times["xla"]:
+    return "xla"
+  return fastest
+
+
+def fuses_resampling(impl: str) -> bool:
+  """Whether convs next to up/downsampling use `conv.resampled_conv`'s exact rewrites: on
+  CPU for every implementation but the 'xla' reference (accelerators run the literal form)."""
+  if impl == "xla":
+    return False
+  return impl not in ("auto", "tune") or jax.default_backend() == "cpu"
+
+
+def resolve(impl: str, x_shape, w_shape, dtype) -> str:
+  """The implementation for this convolution: 'auto' and 'tune' resolved, others as given."""
+  if impl not in ("auto", "tune"):
+    return impl
+  if jax.default_backend() != "cpu":
+    return "xla"
+  if impl == "auto" or tuple(w_shape[:2]) == (1, 1):
+    return rule(x_shape, w_shape)
+  _load_disk()
+  key = _key(x_shape, w_shape, dtype)
+  if key in _choices:
+    return _choices[key]
+  flops = 2.0 * np.prod(x_shape[:3]) * np.prod(w_shape)
+  if jax.process_count() > 1 or not _MIN_FLOPS <= flops <= _MAX_FLOPS:
+    return rule(x_shape, w_shape)
+  # Called while a step is being traced: run the timing eagerly, outside that trace.
+  with jax.ensure_compile_time_eval():
+    times = time_candidates(tuple(x_shape), tuple(w_shape), np.dtype(dtype))
+  _choices[key] = _pick(times)
+  logging.info("conv x%s w%s %s: %s (%s)", tuple(x_shape), tuple(w_shape), np.dtype(dtype).name,
+               _choices[key], ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in times.items()))
+  _save_disk()
+  return _choices[key]

@@ -1,0 +1,177 @@
+"""SAGAN generator and discriminator (Zhang et al. 2019; BigGAN's ResNet tables).
+
+ImageNet 128x128, ch = 64 (the paper's model):
+
+  Generator                                   Discriminator
+  z (128) -> SN-Linear -> 4x4x16ch            x 128x128x3
+  GBlock 16ch -> 16ch     8x8                 OptimizedDBlock 3 -> ch     64x64
+  GBlock 16ch ->  8ch    16x16                [Self-attention @64: feat64]
+  GBlock  8ch ->  4ch    32x32                DBlock  ch ->  2ch          32x32
+  GBlock  4ch ->  2ch    64x64                DBlock 2ch ->  4ch          16x16
+  [Self-attention @64: feat64]                DBlock 4ch ->  8ch           8x8
+  GBlock  2ch ->   ch   128x128               DBlock 8ch -> 16ch           4x4
+  BN -> ReLU -> SN-conv3x3 (3) -> tanh        DBlock 16ch -> 16ch (no down) 4x4
+                                              ReLU -> sum over HxW
+                                              SN-Linear(1) + <SN-Embed(y), h>
+
+Self-attention goes after the block whose output has a size listed in
+`g_attention` / `d_attention` (first such block in D when several share it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from sagan_jax.models import blocks, layers
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSpec:
+  in_ch: int
+  out_ch: int
+  out_res: int
+  downsample: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+  g_blocks: tuple[BlockSpec, ...]
+  d_blocks: tuple[BlockSpec, ...]
+
+
+# Channel multipliers of ch per resolution: G (in, out) per up-block; D out per
+# block (the first is the optimized block) and whether it downsamples.
+_G_TABLE = {
+    16: ([4, 4], [4, 4]),
+    32: ([4, 4, 4], [4, 4, 4]),
+    64: ([16, 8, 4, 2], [8, 4, 2, 1]),
+    128: ([16, 16, 8, 4, 2], [16, 8, 4, 2, 1]),
+    256: ([16, 16, 8, 8, 4, 2], [16, 8, 8, 4, 2, 1]),
+}
+_D_TABLE = {
+    16: ([4, 4, 4], [True, True, False]),
+    32: ([4, 4, 4, 4], [True, True, False, False]),
+    64: ([1, 2, 4, 8, 16], [True, True, True, True, False]),
+    128: ([1, 2, 4, 8, 16, 16], [True, True, True, True, True, False]),
+    256: ([1, 2, 4, 8, 8, 16, 16], [True, True, True, True, True, True, False]),
+}
+
+
+def architecture(resolution: int, ch: int) -> Architecture:
+  """Block list for a resolution; raises ValueError for unknown sizes."""
+  if resolution not in _G_TABLE:
+    raise ValueError(f"resolution {resolution} not supported; use one of {sorted(_G_TABLE)}")
+  g_in, g_out = _G_TABLE[resolution]
+  g = tuple(BlockSpec(i * ch, o * ch, 8 * 2**k) for k, (i, o) in enumerate(zip(g_in, g_out)))
+  d_out, d_down = _D_TABLE[resolution]
+  d, res, in_ch = [], resolution, 3
+  for o, down in zip(d_out, d_down):
+    res = res // 2 if down else res
+    d.append(BlockSpec(in_ch, o * ch, res, down))
+    in_ch = o * ch
+  return Architecture(g, tuple(d))
+
+
+class Generator(nn.Module):
+  resolution: int = 128
+  ch: int = 64
+  z_dim: int = 128
+  num_classes: int = 1000
+  attention: Sequence[int] = (64,)
+  weight_init: str = "glorot"
+  sn_eps: float = 1e-12
+  sn_init_iters: int = 10
+  bn_momentum: float = 0.9
+  bn_eps: float = 1e-5
+  bn_group_size: int = 0
+  dtype: Any = jnp.float32
+  conv_impl: str = "xla"
+  attention_impl: str = "einsum"
+
+  @nn.compact
+  def __call__(self, z: jax.Array, labels: jax.Array | None, train: bool) -> jax.Array:
+    arch = architecture(self.resolution, self.ch)
+    sn = dict(weight_init=self.weight_init, sn_eps=self.sn_eps, sn_init_iters=self.sn_init_iters,
+              dtype=self.dtype)
+    convs = dict(sn, conv_impl=self.conv_impl)
+    c0 = arch.g_blocks[0].in_ch
+    h = layers.SNDense(4 * 4 * c0, name="linear", **sn)(z, train)
+    h = h.reshape(z.shape[0], 4, 4, c0)
+    for k, spec in enumerate(arch.g_blocks):
+      h = blocks.GBlock(out_ch=spec.out_ch, num_classes=self.num_classes,
+                        bn_momentum=self.bn_momentum, bn_eps=self.bn_eps,
+                        bn_group_size=self.bn_group_size, name=f"block{k + 1}",
+                        **convs)(h, labels, train)
+      if spec.out_res in self.attention:
+        h = layers.SelfAttention(name=f"attention{spec.out_res}",
+                                 attention_impl=self.attention_impl, **convs)(h, train)
+    h = layers.BatchNorm(self.bn_momentum, self.bn_eps, group_size=self.bn_group_size,
+                         dtype=self.dtype, name="bn_out")(h, train)
+    h = layers.SNConv(3, 3, name="conv_out", **convs)(nn.relu(h), train)
+    return jnp.tanh(h.astype(jnp.float32))
+
+
+class Discriminator(nn.Module):
+  resolution: int = 128
+  ch: int = 64
+  num_classes: int = 1000
+  attention: Sequence[int] = (64,)
+  relu_shortcut: bool = False  # DBlock shortcuts from ReLU(x) (StudioGAN's D)
+  weight_init: str = "glorot"
+  sn_eps: float = 1e-12
+  sn_init_iters: int = 10
+  dtype: Any = jnp.float32
+  conv_impl: str = "xla"
+  attention_impl: str = "einsum"
+
+  @nn.compact
+  def __call__(self, x: jax.Array, labels: jax.Array | None, update_sn: bool) -> jax.Array:
+    arch = architecture(self.resolution, self.ch)
+    sn = dict(weight_init=self.weight_init, sn_eps=self.sn_eps, sn_init_iters=self.sn_init_iters,
+              dtype=self.dtype)
+    convs = dict(sn, conv_impl=self.conv_impl)
+    h = x.astype(self.dtype)
+    attended = set()
+    for k, spec in enumerate(arch.d_blocks):
+      if k == 0:
+        h = blocks.OptimizedDBlock(out_ch=spec.out_ch, name="block1", **convs)(h, update_sn)
+      else:
+        h = blocks.DBlock(out_ch=spec.out_ch, downsample=spec.downsample,
+                          relu_shortcut=self.relu_shortcut, name=f"block{k + 1}",
+                          **convs)(h, update_sn)
+      if spec.out_res in self.attention and spec.out_res not in attended:
+        attended.add(spec.out_res)
+        h = layers.SelfAttention(name=f"attention{spec.out_res}",
+                                 attention_impl=self.attention_impl, **convs)(h, update_sn)
+    h = jnp.sum(nn.relu(h).astype(jnp.float32), axis=(1, 2))
+    out = layers.SNDense(1, name="linear", **{**sn, "dtype": jnp.float32})(h, update_sn)[:, 0]
+    if self.num_classes > 0:
+      embed = layers.SNEmbed(self.num_classes, h.shape[-1], weight_init=self.weight_init,
+                             sn_eps=self.sn_eps, sn_init_iters=self.sn_init_iters,
+                             name="embed")(labels, update_sn)
+      out = out + jnp.sum(embed * h, axis=-1)
+    return out
+
+
+def generator_from_config(m, dtype=None) -> Generator:
+  """Builds G from `config.model`."""
+  return Generator(resolution=m.resolution, ch=m.ch, z_dim=m.z_dim,
+                   num_classes=m.num_classes, attention=tuple(m.g_attention),
+                   weight_init=m.init, sn_eps=m.sn_eps, sn_init_iters=m.sn_init_iters,
+                   bn_momentum=m.bn_momentum, bn_eps=m.bn_eps,
+                   bn_group_size=m.bn_group_size, dtype=dtype or jnp.dtype(m.dtype),
+                   conv_impl=m.conv_impl, attention_impl=m.attention_impl)
+
+
+def discriminator_from_config(m, dtype=None) -> Discriminator:
+  """Builds D from `config.model` (width `d_ch`, or `ch` when that is 0)."""
+  return Discriminator(resolution=m.resolution, ch=m.d_ch or m.ch, num_classes=m.num_classes,
+                       attention=tuple(m.d_attention), relu_shortcut=m.d_relu_shortcut,
+                       weight_init=m.init, sn_eps=m.sn_eps, sn_init_iters=m.sn_init_iters,
+                       dtype=dtype or jnp.dtype(m.dtype), conv_impl=m.conv_impl,
+                       attention_impl=m.attention_impl)
