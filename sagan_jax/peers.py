@@ -80,7 +80,7 @@ def lost_message(*, lost: list[int] | None, me: int, count: int, step: int | Non
     who = ", ".join(f"process {p}" + (" (the coordinator)" if p == 0 else "") for p in lost)
     who = f"{who} of {count} stopped responding"
   else:
-    who = f"another process of the {count} stopped responding (which one is not known)"
+    who = f"a process of the {count} (which one is not known) stopped responding"
   at = f"at step {step}" if step is not None else "during start-up"
   where = (f"the newest complete checkpoint is step {newest} ({workdir}/checkpoints/{newest}) "
            "and is untouched" if newest is not None else "no checkpoint was written yet")
@@ -124,10 +124,11 @@ def probe_lost(count: int, me: int, wait_s: float = _PROBE_S) -> list[int] | Non
   thread.join(wait_s + 3.0)
   if "here" in result:
     lost = sorted(set(range(count)) - result["here"])
-    return lost or None
-  if me != 0:
-    return [0]
-  return None
+    if lost:
+      return lost
+  if count == 2:
+    return [1 - me]    # of two, the lost one is the other
+  return [0] if me != 0 and "error" in result else None
 
 
 def exit_lost_peer(error: BaseException, *, step: int | None, workdir: str,

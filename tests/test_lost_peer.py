@@ -85,7 +85,8 @@ def test_exit_lost_peer_prints_one_line_releases_and_exits_75(tmp_path):
   assert r.returncode == peers.EXIT_LOST_PEER, r.stderr
   errors = [l for l in r.stderr.splitlines() if l.startswith("error:")]
   assert len(errors) == 1, r.stderr
-  assert "stopped responding at step 9" in errors[0] and "checkpoints/8" in errors[0]
+  assert "process 1 of 2 stopped responding at step 9" in errors[0]   # (of two: the other)
+  assert "checkpoints/8" in errors[0]
   assert "Traceback" not in r.stderr and "not reached" not in r.stdout
   assert not (tmp_path / runlock.LOCK_NAME).exists()
 
