@@ -130,20 +130,22 @@ def _no_checkpoint_message(workdir: str) -> str:
 
 
 def find(workdir: str, template_fn: Callable, *, step: int | None = None,
-         config: ml_collections.ConfigDict | None = None) -> Restored | None:
+         config: ml_collections.ConfigDict | None = None,
+         at_most: int | None = None) -> Restored | None:
   """The newest intact checkpoint of `workdir` (or exactly `step`), restored; None if none.
 
   template_fn(saved_config) -> the abstract state to restore into (shapes and
   shardings). config: the running config, whose architecture must match.
   A damaged checkpoint is reported and skipped (not with `step`: then it is an
-  error); a different architecture is an error.
+  error); a different architecture is an error. at_most: only steps <= it.
   """
   cdir = checkpoint_dir(workdir)
   listing = integrity.list_dir(cdir)
   for name in listing.unfinished:
     utils.say("warning: ignoring %s: an interrupted save, never restored (delete it to free "
               "the space)", cdir / name, err=True)
-  return _first_usable(cdir, _candidates(cdir, listing.steps, step), step is not None,
+  steps = tuple(s for s in listing.steps if at_most is None or s <= at_most)
+  return _first_usable(cdir, _candidates(cdir, steps, step), step is not None,
                        lambda s: _load_step(cdir / str(s), template_fn, config))
 
 
@@ -222,9 +224,10 @@ class Checkpointer:
     steps = integrity.list_dir(self.dir).steps
     return steps[-1] if steps else None
 
-  def restore(self, template) -> Restored | None:
-    """The newest intact checkpoint restored onto `template` (the abstract state), or None."""
-    restored = find(self.workdir, lambda _: template, config=self.config)
+  def restore(self, template, at_most: int | None = None) -> Restored | None:
+    """The newest intact checkpoint (of a step <= at_most) restored onto `template` (the
+    abstract state), or None."""
+    restored = find(self.workdir, lambda _: template, config=self.config, at_most=at_most)
     if restored is not None:
       utils.say("resuming from step %d (%s)", restored.step, self.dir / str(restored.step))
     return restored

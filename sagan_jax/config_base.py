@@ -42,7 +42,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_every = 0           # steps between in-training evaluations (0: off)
   c.loss = "hinge"           # adversarial loss: 'hinge' (SAGAN) or 'nonsaturating'
   c.on_nan = "stop"          # on NaN/Inf: 'stop', or 'rollback' (last checkpoint, new noise)
-  c.max_rollbacks = 3        # on_nan='rollback': rollbacks allowed in the whole run, then stop
+  c.max_rollbacks = 3        # on_nan / on_collapse='rollback': rollbacks allowed in the whole run, then stop
+  c.on_collapse = "warn"     # on signs of collapse (collapse_*): 'warn', 'rollback' (best checkpoint, new noise) or 'stop'
+  c.collapse_window = 20     # log steps in a row D's loss must stay <= collapse_d_loss while G's loss rises (also sigma's window)
+  c.collapse_d_loss = 0.05   # D's loss at or below this: its margins saturated (hinge: D(x) >= 1, D(G(z)) <= -1)
+  c.collapse_sigma_growth = 10.0  # D's largest SN sigma growing more than this factor within collapse_window log steps
+  c.collapse_eval_margin = 0.25  # an evaluation worse than the best by more than this fraction of the best counts as worse
+  c.collapse_eval_patience = 3  # that many worse evaluations in a row: collapse (needs eval_every > 0)
+  c.heartbeat_timeout_s = 100  # multi-process: seconds without heartbeat before a process counts as lost (JAX's default)
   c.profile_steps = ()       # (start, stop): jax.profiler trace of those steps in WORKDIR/profile
 
   c.model = ml_collections.ConfigDict()
@@ -282,6 +289,21 @@ def block_resolutions(resolution: int) -> tuple[tuple[int, ...], tuple[int, ...]
   return tuple(b.out_res for b in arch.g_blocks), tuple(b.out_res for b in arch.d_blocks)
 
 
+def _check_collapse(c: ml_collections.ConfigDict) -> None:
+  _check(c.on_collapse in ("warn", "rollback", "stop"), "on_collapse", c.on_collapse,
+         "use 'warn', 'rollback' or 'stop'")
+  _check(isinstance(c.collapse_window, int) and c.collapse_window >= 2, "collapse_window",
+         c.collapse_window, "must be an integer >= 2 (log steps)")
+  _check(isinstance(c.collapse_d_loss, (int, float)) and c.collapse_d_loss >= 0,
+         "collapse_d_loss", c.collapse_d_loss, "must be >= 0")
+  _check(isinstance(c.collapse_sigma_growth, (int, float)) and c.collapse_sigma_growth > 1,
+         "collapse_sigma_growth", c.collapse_sigma_growth, "must be > 1 (a factor)")
+  _check(isinstance(c.collapse_eval_margin, (int, float)) and c.collapse_eval_margin >= 0,
+         "collapse_eval_margin", c.collapse_eval_margin, "must be >= 0 (a fraction of the best)")
+  _check(isinstance(c.collapse_eval_patience, int) and c.collapse_eval_patience >= 1,
+         "collapse_eval_patience", c.collapse_eval_patience, "must be an integer >= 1")
+
+
 def validate(c: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the first field whose value cannot work."""
   for f in ("total_steps", "batch_size", "log_every", "checkpoint_every",
@@ -297,6 +319,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _check(c.on_nan in ("stop", "rollback"), "on_nan", c.on_nan, "use 'stop' or 'rollback'")
   _check(isinstance(c.max_rollbacks, int) and c.max_rollbacks >= 0, "max_rollbacks",
          c.max_rollbacks, "must be an integer >= 0")
+  _check_collapse(c)
+  _check(isinstance(c.heartbeat_timeout_s, int) and c.heartbeat_timeout_s >= 10,
+         "heartbeat_timeout_s", c.heartbeat_timeout_s, "must be an integer >= 10 (seconds)")
   m = c.model
   _check(m.resolution in RESOLUTIONS, "model.resolution", m.resolution,
          f"use one of {RESOLUTIONS}")

@@ -232,13 +232,17 @@ def _on_cloud_tpu_vm() -> bool:
 
 def initialize(coordinator: str | None = None, num_processes: int | None = None,
                process_id: int | None = None, *,
-               initialization_timeout: int | None = None) -> Plan:
+               initialization_timeout: int | None = None,
+               heartbeat_timeout: int | None = None) -> Plan:
   """Joins the multi-process job if there is one; a no-op on a single host.
 
   Call it first in `main`, before any JAX computation or device query; later
   calls return the first call's plan. The arguments are the flags
   `--coordinator`, `--num_processes`, `--process_id`;
-  `initialization_timeout` is the seconds to wait for all processes (JAX: 300).
+  `initialization_timeout` is the seconds to wait for all processes (JAX: 300);
+  `heartbeat_timeout` (`config.heartbeat_timeout_s`) the seconds without a heartbeat
+  after which the coordination service declares a process lost (JAX: 100), passed
+  where the installed JAX takes it.
   """
   if _state["done"]:
     return _state["plan"]
@@ -255,6 +259,8 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     kwargs = dict(plan.kwargs)
     if initialization_timeout is not None:
       kwargs["initialization_timeout"] = int(initialization_timeout)
+    if heartbeat_timeout is not None and _accepts("heartbeat_timeout_seconds"):
+      kwargs["heartbeat_timeout_seconds"] = int(heartbeat_timeout)
     logging.info("jax.distributed.initialize(%s): %s",
                  ", ".join(f"{k}={v!r}" for k, v in kwargs.items()), plan.reason)
     jax.distributed.initialize(**kwargs)
@@ -262,6 +268,15 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     logging.info("Not initialising jax.distributed: %s", plan.reason)
   _state.update(done=True, plan=plan)
   return plan
+
+
+def _accepts(name: str) -> bool:
+  """Whether the installed jax.distributed.initialize takes keyword `name`."""
+  import inspect
+  try:
+    return name in inspect.signature(jax.distributed.initialize).parameters
+  except (TypeError, ValueError):
+    return False
 
 
 def describe() -> str:

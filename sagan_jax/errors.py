@@ -26,8 +26,16 @@ class CheckpointError(UserError, RuntimeError):
   """A checkpoint or run directory cannot be used."""
 
 
+class WorkdirBusyError(CheckpointError):
+  """Another training job holds the workdir's lock (`runlock`); nothing was written."""
+
+
 class NonFiniteLossError(UserError, FloatingPointError):
   """Training produced NaN/Inf; nothing of the bad state was saved."""
+
+
+class CollapseError(UserError, RuntimeError):
+  """Training collapsed (`config.on_collapse='stop'`, or no rollbacks left)."""
 
 
 class WeightsNotFoundError(UserError, FileNotFoundError):

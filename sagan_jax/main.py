@@ -42,7 +42,8 @@ def main(argv):
   workdir = integrity.resolve_workdir(FLAGS.workdir)
   config_base.validate(FLAGS.config)
   integrity.check_workdir(workdir)
-  plan = distributed.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
+  plan = distributed.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id,
+                                heartbeat_timeout=FLAGS.config.heartbeat_timeout_s)
   cpu_devices.configure(FLAGS.config.batch_size, FLAGS.config.mesh.num_devices, plan.init)
   import jax
   from sagan_jax import train

@@ -1,0 +1,106 @@
+"""Signs that a GAN run collapsed, from numbers the loop already has (`config.on_collapse`).
+
+A GAN fails more often by collapsing than by overflowing: D wins outright,
+G's gradients vanish and its samples degrade, while every number stays
+finite. Three cheap signals, each a pure function of a series:
+
+- `d_saturated_g_rising`: over the last `collapse_window` log steps D's loss
+  stays at or below `collapse_d_loss` (hinge: D(x) >= 1 and D(G(z)) <= -1,
+  both margins saturated) while G's loss climbs (positive least-squares slope);
+- `sigma_exploding`: the largest spectral-norm sigma of D (`d_sigma_max`,
+  the raw weights' largest singular value) grew more than
+  `collapse_sigma_growth` times within that window;
+- `eval_worse`: the in-training evaluator's primary metric worse than the
+  best so far by more than `collapse_eval_margin` (a fraction of the best)
+  for `collapse_eval_patience` evaluations running.
+
+`Watch` feeds them from the loop and says why (or '') at each log step and
+evaluation; after it reports, its series start over, so one collapse is
+reported once per window.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def d_saturated_g_rising(d_losses, g_losses, window: int, d_floor: float) -> bool:
+  """D's loss <= d_floor at each of the last `window` points while G's loss rises."""
+  if window < 2 or len(d_losses) < window or len(g_losses) < window:
+    return False
+  d = np.asarray(d_losses[-window:], np.float64)
+  g = np.asarray(g_losses[-window:], np.float64)
+  slope = np.polyfit(np.arange(window), g, 1)[0]
+  return bool(np.all(d <= d_floor) and slope > 0)
+
+
+def sigma_exploding(sigmas, window: int, growth: float) -> bool:
+  """The last of the last `window` sigmas is more than `growth` times the first."""
+  if window < 2 or len(sigmas) < window:
+    return False
+  s = np.asarray(sigmas[-window:], np.float64)
+  return bool(s[-1] > growth * max(s[0], 1e-12))
+
+
+def _worse(value: float, best: float, mode: str, margin: float) -> bool:
+  slack = margin * abs(best)
+  return value < best - slack if mode == "max" else value > best + slack
+
+
+def eval_worse(values, mode: str, margin: float, patience: int) -> bool:
+  """Each of the last `patience` values worse than the best before it by more than
+  `margin` x |best| (mode 'max': higher is better, 'min': lower)."""
+  if patience < 1 or len(values) <= patience:
+    return False
+  v = [float(x) for x in values]
+  pick = max if mode == "max" else min
+  for i in range(len(v) - patience, len(v)):
+    if not _worse(v[i], pick(v[:i]), mode, margin):
+      return False
+  return True
+
+
+class Watch:
+  """The series of one run since its last report or rollback; `log`/`evaluation` -> reason."""
+
+  def __init__(self, config, mode: str = "max"):
+    self.c = config
+    self.mode = mode
+    self.reset()
+    self.evals: list[float] = []
+
+  def reset(self) -> None:
+    """Forgets the loss series (after a report or a rollback); evaluations are kept."""
+    self.d, self.g, self.sigma = [], [], []
+
+  def log(self, scalars: dict[str, float]) -> str:
+    c = self.c
+    self.d.append(scalars["d_loss"])
+    self.g.append(scalars["g_loss"])
+    if "d_sigma_max" in scalars:
+      self.sigma.append(scalars["d_sigma_max"])
+    w = c.collapse_window
+    reason = ""
+    if d_saturated_g_rising(self.d, self.g, w, c.collapse_d_loss):
+      reason = (f"D's loss <= {c.collapse_d_loss:g} for the last {w} log steps while G's loss "
+                f"rose to {self.g[-1]:.3g} (D wins outright)")
+    elif sigma_exploding(self.sigma, w, c.collapse_sigma_growth):
+      reason = (f"D's largest spectral-norm sigma grew from {self.sigma[-w]:.3g} to "
+                f"{self.sigma[-1]:.3g} within {w} log steps (more than "
+                f"{c.collapse_sigma_growth:g}x)")
+    if reason:
+      self.reset()
+    return reason
+
+  def evaluation(self, value: float, name: str) -> str:
+    c = self.c
+    self.evals.append(float(value))
+    k = c.collapse_eval_patience
+    if not eval_worse(self.evals, self.mode, c.collapse_eval_margin, k):
+      return ""
+    tail = self.evals[-k:]
+    best = (max if self.mode == "max" else min)(self.evals[:-k])
+    self.evals = [best]   # report once; later evaluations compare with the same best
+    return (f"the last {k} evaluations' {name} ({', '.join(f'{v:.4g}' for v in tail)}) were "
+            f"each worse than the best, {best:.4g}, by more than "
+            f"{c.collapse_eval_margin:g} of it")

@@ -1,0 +1,69 @@
+"""Collapse detection: the pure detectors on synthetic series, the config checks, a real run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sagan_jax import collapse, config_base, errors
+from tests.conftest import load_config
+
+
+def test_d_saturated_while_g_rises():
+  w = 5
+  d = [0.9, 0.8, 0.01, 0.0, 0.02, 0.0, 0.01]
+  g_up = [1, 1, 2.0, 2.5, 3.1, 3.0, 4.2]
+  assert collapse.d_saturated_g_rising(d, g_up, w, 0.05)
+  assert not collapse.d_saturated_g_rising(d, g_up[::-1], w, 0.05)     # G's loss falls
+  assert not collapse.d_saturated_g_rising(d, g_up, w + 3, 0.05)       # window reaches 0.8
+  assert not collapse.d_saturated_g_rising(d[:4], g_up[:4], w, 0.05)   # too short
+  d_one_miss = d[:4] + [0.3] + d[5:]
+  assert not collapse.d_saturated_g_rising(d_one_miss, g_up, w, 0.05)
+  # The slope is a least-squares fit, computed here independently.
+  g = [3.0, 1.0, 1.2, 1.4, 1.6]   # first point high, the rest rising: slope < 0
+  x = np.arange(5.0)
+  slope = ((x - x.mean()) * (np.array(g) - np.mean(g))).sum() / ((x - x.mean()) ** 2).sum()
+  assert slope < 0 and not collapse.d_saturated_g_rising([0.0] * 5, g, 5, 0.05)
+
+
+def test_sigma_exploding():
+  assert collapse.sigma_exploding([1.0, 1.2, 3.0, 11.0], 4, 10.0)
+  assert not collapse.sigma_exploding([1.0, 1.2, 3.0, 9.9], 4, 10.0)
+  assert not collapse.sigma_exploding([1.0, 20.0], 4, 10.0)           # window not full
+  assert collapse.sigma_exploding([50.0, 1.0, 1.2, 3.0, 11.0], 4, 10.0)   # the window only
+
+
+@pytest.mark.parametrize("mode,values,expect", [
+    ("max", [0.5, 0.9, 0.6, 0.6, 0.6], True),     # best 0.9; 0.6 < 0.9 * 0.75
+    ("max", [0.5, 0.9, 0.6, 0.7, 0.6], True),
+    ("max", [0.5, 0.9, 0.6, 0.8, 0.6], False),    # 0.8 is within 25% of 0.9
+    ("max", [0.9, 0.6, 0.6], False),              # only 2 after the best
+    ("min", [30.0, 10.0, 13.0, 14.0, 20.0], True),   # FID: best 10, > 12.5 thrice
+    ("min", [30.0, 10.0, 13.0, 12.0, 20.0], False),
+    ("min", [30.0, 40.0, 50.0, 60.0], True),      # worse than the first, thrice
+])
+def test_eval_worse(mode, values, expect):
+  assert collapse.eval_worse(values, mode, 0.25, 3) is expect
+
+
+def test_watch_reports_once_per_window():
+  c = load_config("tiny", collapse_window=3, collapse_d_loss=0.05)
+  watch = collapse.Watch(c)
+  got = [watch.log({"d_loss": 0.0, "g_loss": float(i), "d_sigma_max": 1.0}) for i in range(6)]
+  assert [bool(r) for r in got] == [False, False, True, False, False, True]
+  assert "D's loss <= 0.05 for the last 3 log steps" in got[2]
+  watch = collapse.Watch(c, mode="max")
+  reasons = [watch.evaluation(v, "digits accuracy") for v in (0.8, 0.5, 0.5, 0.5, 0.5)]
+  assert [bool(r) for r in reasons] == [False, False, False, True, False]
+  assert "digits accuracy (0.5, 0.5, 0.5)" in reasons[3] and "best, 0.8" in reasons[3]
+
+
+@pytest.mark.parametrize("field,value", [
+    ("on_collapse", "ignore"), ("collapse_window", 1), ("collapse_d_loss", -0.1),
+    ("collapse_sigma_growth", 1.0), ("collapse_eval_margin", -1.0),
+    ("collapse_eval_patience", 0), ("heartbeat_timeout_s", 5)])
+def test_collapse_fields_are_validated(field, value):
+  c = load_config("tiny")
+  c[field] = value
+  with pytest.raises(errors.ConfigError, match=rf"config\.{field}="):
+    config_base.validate(c)
