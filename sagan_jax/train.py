@@ -181,7 +181,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   integrity.check_workdir(workdir)
   mesh = mesh if mesh is not None else parallel.make_mesh(config.mesh.num_devices)
   parallel.check_batch_size(config.batch_size, mesh)
-  from clu import metric_writers  # (imports TensorFlow: every process, before they sync)
+  from sagan_jax import summaries
+  make_writer = summaries.writer_factory(workdir)  # (imports: every process, before they sync)
 
   from sagan_jax import data as data_lib
   from sagan_jax.evaluation import evaluators
@@ -211,8 +212,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # 30 s): here, while the processes are in step, not after the chief's writer set-up.
   rng = step_rng(config, mesh, rollbacks)
 
-  writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief,
-                                                asynchronous=False)
+  writer = make_writer(is_chief)
   if start == 0:
     writer.write_hparams(utils.flatten_dict(config.to_dict()))
   step_fn = make_train_step(models, config, mesh)
