@@ -107,3 +107,14 @@ def test_remote_path_is_not_probed(tmp_path):
   assert compile_cache._writable(str(tmp_path / "new" / "dir")) is None
   assert (tmp_path / "new" / "dir").is_dir()
   assert compile_cache.machine_tag().startswith("cpu-") and len(compile_cache.machine_tag()) == 16
+
+
+@pytest.mark.xfail(strict=True, reason="until utils.cli_main calls compile_cache.enable() "
+                   "(the lead's flag-plumbing change); then remove this mark")
+def test_every_command_enables_the_cache(monkeypatch):
+  # main, sample, evaluate, describe and convert all run their `main` through utils.cli_main.
+  from sagan_jax import utils
+  calls = []
+  monkeypatch.setattr(compile_cache, "enable", lambda: calls.append("enable"))
+  assert utils.cli_main(lambda argv: calls.append("main") or 0)(["cmd"]) == 0
+  assert calls == ["enable", "main"]
