@@ -107,8 +107,7 @@ class Loop:
   """One run of train_and_evaluate (after the lock is taken)."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, mesh,
-               make_step: Callable):
-    from clu import metric_writers  # (imports TensorFlow)
+               make_step: Callable, make_writer: Callable):
     from sagan_jax.evaluation import evaluators
     self.config, self.workdir, self.mesh = config, workdir, mesh
     self.is_chief = jax.process_index() == 0
@@ -127,8 +126,7 @@ class Loop:
     # step (CPU collectives give up after 30 s), before the chief's TensorBoard writer.
     self.pos = Position(state, self.start, rollbacks, step_rng(config, mesh, rollbacks),
                         source, self.start if restored else None)
-    self.writer = metric_writers.create_default_writer(
-        workdir, just_logging=not self.is_chief, asynchronous=False)
+    self.writer = make_writer(self.is_chief)
     if self.start == 0:
       self.writer.write_hparams(utils.flatten_dict(config.to_dict()))
     self.step_fn = make_step(self.models, config, mesh)
@@ -346,12 +344,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, mesh=None,
   integrity.check_workdir(workdir)
   mesh = mesh if mesh is not None else parallel.make_mesh(config.mesh.num_devices)
   parallel.check_batch_size(config.batch_size, mesh)
-  from sagan_jax import tf_setup
-  tf_setup.import_tf()   # TensorFlow (clu's writers, the data) quietly, every process, in step
+  from sagan_jax import summaries
+  make_writer = summaries.writer_factory(workdir)  # (its imports: every process, in step)
   lock = runlock.acquire_for_job(workdir)   # refuses a second job before anything is written
   try:
     try:
-      loop = Loop(config, workdir, mesh, make_step)
+      loop = Loop(config, workdir, mesh, make_step, make_writer)
     except Exception as e:
       if peers.is_lost_peer(e, jax.process_count()):
         peers.exit_lost_peer(e, step=None, workdir=workdir, release=lock.release)

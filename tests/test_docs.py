@@ -16,6 +16,7 @@ written. What cannot run here is treated by the first matching rule of
          checked, then the command exits before doing its work (it needs an
          accelerator, a dataset, a bucket or hours).
 - help:  `--help` exits 0 (scripts with their own argument parsers).
+- dry:   with the script's own `-n` (print the commands, run nothing).
 - skip:  not run (installs, the suite itself, servers, torch-only commands).
 
 A command no rule covers and that is not a sagan_jax command fails the test,
@@ -62,6 +63,8 @@ RULES = [  # (pattern searched in the command, treatment, why)
     (r"runs/imagenet128|refs/|samples\.npz|real\.npz", "parse",
      "needs a trained ImageNet run or its reference files"),
     (r"^python benchmarks/", "help", "a benchmark: minutes of timing"),
+    (r"^benchmarks/accelerator_check\.sh", "dry", "installs an accelerator's jax wheel and "
+     "needs the accelerator (the CPU rehearsal: tests/test_accelerator_check.py, slow)"),
     (SAGAN, "run", "a sagan_jax command that runs in seconds here"),
 ]
 
@@ -78,7 +81,7 @@ class Command:
 
 # In plain ``` blocks (which also hold layouts and JSON), the lines that are commands.
 _COMMAND_START = re.compile(r"^(sagan-jax |python3? |pip |pytest\b|tensorboard |bash |"
-                            r"launch/\S+\.(sh|sbatch) |/\S*/python3? )")
+                            r"(launch|benchmarks)/\S+\.(sh|sbatch)\b|/\S*/python3? )")
 
 
 def shell_commands(doc: str) -> list[Command]:
@@ -140,7 +143,8 @@ def argv_of(command: str, kind: str) -> list[str]:
     argv = [sys.executable, "-m", "sagan_jax", *argv[1:]]   # not installed: the same code
   elif argv[0] == "python":
     argv[0] = sys.executable
-  extra = {"short": list(SHORT), "parse": ["--only_check_args"], "help": ["--help"]}
+  extra = {"short": list(SHORT), "parse": ["--only_check_args"], "help": ["--help"],
+           "dry": ["-n"]}
   return argv + extra.get(kind, [])
 
 
