@@ -42,6 +42,8 @@ def cli_main(main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
 
   @functools.wraps(main)
   def wrapped(argv):
+    from sagan_jax import compile_cache
+    compile_cache.enable()   # a relaunch, a resume, sample and evaluate skip XLA compilation
     try:
       return main(argv)
     except (errors.UserError, app.UsageError) as e:

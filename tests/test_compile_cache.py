@@ -109,8 +109,6 @@ def test_remote_path_is_not_probed(tmp_path):
   assert compile_cache.machine_tag().startswith("cpu-") and len(compile_cache.machine_tag()) == 16
 
 
-@pytest.mark.xfail(strict=True, reason="until utils.cli_main calls compile_cache.enable() "
-                   "(the lead's flag-plumbing change); then remove this mark")
 def test_every_command_enables_the_cache(monkeypatch):
   # main, sample, evaluate, describe and convert all run their `main` through utils.cli_main.
   from sagan_jax import utils
