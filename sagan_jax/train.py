@@ -184,7 +184,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   from clu import metric_writers  # (imports TensorFlow: every process, before they sync)
 
   from sagan_jax import data as data_lib
-  from sagan_jax.evaluation import evaluators
+  from sagan_jax import best_checkpoint
+  from sagan_jax.evaluation import training_evals
 
   is_chief = jax.process_index() == 0
   n_critic = config.optim.n_critic
@@ -227,16 +228,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       images.save_png(f"{workdir}/samples/step_{step:07d}.png", grid, scale=scale)
     writer.write_images(step, {"samples_ema": grid[None]})
 
-  evaluator = evaluators.make(config, models, mesh)
-  best = (checkpointing.BestCheckpointer(workdir, config, evaluator.mode)
-          if evaluator else None)
+  evals = training_evals.make_all(config, models, mesh)   # the first one picks the best
+  best = (best_checkpoint.BestCheckpointer(workdir, config, evals[0].primary, evals[0].mode)
+          if evals else None)
 
-  def evaluate(step: int):
+  def evaluate(step: int, evaluator):
     results = evaluator.run(state)
-    writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items()})
+    writer.write_scalars(step, {f"{evaluator.tag}/{k}": v for k, v in results.items()})
     utils.say("eval at step %d (%d EMA samples, %s): %s", step, evaluator.num_samples,
               evaluator.name, ", ".join(f"{k} {v:.4g}" for k, v in results.items()))
-    best.save(step, state, results[evaluator.primary])
+    if evaluator is evals[0] and evaluator.primary in results:
+      best.save(step, state, results[evaluator.primary])
 
   def next_batch():
     parts = [next(source) for _ in range(n_critic)]
@@ -304,8 +306,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           last_ckpt = step
         if (config.sample_every and step % config.sample_every == 0) or step == end:
           write_samples(step)
-        if evaluator and evaluator.due(step, end):
-          evaluate(step)
+        for evaluator in evals:
+          if evaluator.due(step, end):
+            evaluate(step, evaluator)
         if stop_now:
           utils.say("Stopped at step %d on request (SIGTERM); rerun with the same --workdir "
                     "to resume.", step)
@@ -321,6 +324,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     # interpreter exit, a failed save's could print a traceback after the error message.
     ckpt.close()
     if best is not None:
-      best.wait()
+      best.wait(raise_errors=False)
     writer.close()
   return state
