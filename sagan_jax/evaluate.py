@@ -303,20 +303,25 @@ def _digits(images, labels) -> dict:
   return {f"digits_{k}": ds[k] for k in keys}
 
 
+def _check_labelled(labels, opts) -> None:
+  if FLAGS.inception and "ifid" in opts.metrics and labels is None:
+    raise errors.ConfigError("--metrics=ifid needs labelled samples (a --samples file with "
+                             "'labels', or a class-conditional --workdir)")
+
+
 def evaluate(opts) -> dict:
   """Samples -> the metrics of `opts` (and the digits score), with the protocol fields."""
   images = labels = None
   if FLAGS.samples:   # the inputs' mistakes first, then the slow steps
     images, labels, info = _samples_from_file()
+    _check_labelled(labels, opts)
   ref = scorer = None
   if FLAGS.inception:
     ref = _given_reference(opts)
     scorer = _extractor_scorer(ref, opts)
   if images is None:
     images, labels, info = _samples_from_run()
-  if FLAGS.inception and "ifid" in opts.metrics and labels is None:
-    raise errors.ConfigError("ifid needs labelled samples (a --samples file with 'labels', or "
-                             "a class-conditional --workdir)")
+    _check_labelled(labels, opts)
   n = int(images.shape[0])
   if n < FLAGS.num_samples:
     _log(f"note: {n} samples (< --num_samples {FLAGS.num_samples})")
