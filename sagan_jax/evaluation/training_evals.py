@@ -176,12 +176,13 @@ class InceptionEval(TrainingEval):
 
   def __init__(self, config, models, mesh, schedule, shared):
     super().__init__(config, models, mesh, schedule, shared)
-    from sagan_jax import utils
+    from absl import logging
+
     from sagan_jax.evaluation import inception_scorer as isc
     if "reference" not in shared:
       ref, warning = isc.load_reference(config.eval.ref_stats, "bilinear", "config.eval.ref_stats")
       if warning:
-        utils.say("%s", warning, err=True)
+        logging.warning("%s", warning)
       shared["reference"] = ref
     if "extractor" not in shared:
       # Batches shard over the training mesh (one process only: every process then scores
