@@ -1,8 +1,9 @@
 """Orbax checkpoints of the whole train state, the config that made it and the run's metadata.
 
-Layout: WORKDIR/checkpoints/<step>/{state, config, meta, sagan_manifest.json}, and the
-best-evaluated one (`best_checkpoint.BestCheckpointer`) the same way in WORKDIR/checkpoints_best/<step>/,
-its `meta` naming the metric and value; `load(workdir, best=True)` reads it.
+Layout: WORKDIR/checkpoints/<step>/{state, config, meta, sagan_manifest.json}, and
+the best-evaluated one (`best_checkpoint.BestCheckpointer`) the same way in
+WORKDIR/checkpoints_best/<step>/, its `meta` naming the metric and value;
+`load(workdir, best=True)` reads it.
 
 Whenever the process dies (kill -9, a full disk):
 - A step directory appears only complete: Orbax writes into a temporary
@@ -142,8 +143,9 @@ def find(workdir: str, template_fn: Callable, *, step: int | None = None,
 
   template_fn(saved_config) -> the abstract state to restore into (shapes and
   shardings). config: the running config, whose architecture must match.
-  best: from checkpoints_best instead of checkpoints. A damaged checkpoint is reported and skipped (not with `step`: then it is an
-  error); a different architecture is an error.
+  best: from checkpoints_best instead of checkpoints. A damaged checkpoint is
+  reported and skipped (not with `step`: then it is an error); a different
+  architecture is an error.
   """
   cdir = checkpoint_dir(workdir, best)
   listing = integrity.list_dir(cdir)

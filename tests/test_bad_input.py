@@ -131,7 +131,8 @@ ROWS = {
         "evaluate", (SAMPLES, "--metrics=fid,ifid"), "--metrics=ifid needs labelled samples"),
     "evaluate: digits split that does not exist": Row(
         "evaluate", ("--compute_ref_stats={wd}.npz", "--config", "configs/digits.py",
-                     "--split=test"), "--split='test' is invalid: the embedded digits have one set"),
+                     "--split=test"),
+        "--split='test' is invalid: the embedded digits have one set"),
     "evaluate: digits score, no Inception weights": Row(
         "evaluate", ("--samples={d}/digits.npz", "--digits_score", "--weights={d}/nope.pt"),
         "For the digits score alone add --noinception"),

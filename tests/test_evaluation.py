@@ -374,8 +374,8 @@ def test_cli_ref_stats_of_the_embedded_digits(tmp_path, run_cli):
   from sagan_jax.data import digits
   config = os.path.join(os.path.dirname(HERE), "configs", "digits.py")
   out = run_cli(f"--compute_ref_stats={tmp_path / 'ref.npz'}", f"--config={config}",
-                "--num_samples=4", "--metrics=fid,prdc,ifid", f"--weights_cache={tmp_path / 'w.npz'}",
-                f"--dump_features={tmp_path / 'f.npy'}")
+                "--num_samples=4", "--metrics=fid,prdc,ifid",
+                f"--weights_cache={tmp_path / 'w.npz'}", f"--dump_features={tmp_path / 'f.npy'}")
   assert out["num_images"] == 4 and out["features"] and out["labels"]
   assert out["source"].startswith("dataset digits") and len(out["inception_weights_sha256"]) == 64
   with np.load(tmp_path / "ref.npz") as f:
@@ -394,7 +394,8 @@ def test_cli_every_metric_in_one_pass_with_its_protocol(tmp_path, run_cli):
   np.savez(tmp_path / "r.npz", images=real, labels=labels)
   np.savez(tmp_path / "s.npz", images=fake, labels=labels)
   cache = f"--weights_cache={tmp_path / 'w.npz'}"
-  made = run_cli(f"--compute_ref_stats={tmp_path / 'ref.npz'}", f"--ref_images={tmp_path / 'r.npz'}",
+  made = run_cli(f"--compute_ref_stats={tmp_path / 'ref.npz'}",
+                 f"--ref_images={tmp_path / 'r.npz'}",
                  "--metrics=kid,prdc,ifid", cache, f"--dump_features={tmp_path / 'rf.npy'}")
   assert made["features"] and made["labels"]
   out = run_cli(f"--samples={tmp_path / 's.npz'}", f"--ref_stats={tmp_path / 'ref.npz'}", cache,
