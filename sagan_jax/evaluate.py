@@ -248,6 +248,7 @@ def compute_ref_stats(opts) -> dict:
   return {"ref_stats": FLAGS.compute_ref_stats, "num_images": feats.num_images,
           "source": source, "features": bool(opts.needs_features), "labels": labels is not None,
           "resize": FLAGS.resize, "weights": scorer.weights_source,
+          "inception_weights": scorer.weights_file,
           "inception_weights_sha256": scorer.weights_sha256}
 
 

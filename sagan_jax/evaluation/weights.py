@@ -382,8 +382,14 @@ def provenance(source: str) -> tuple[str, str | None]:
       with np.load(path, allow_pickle=False) as z:
         if "__sha256__" in z.files and str(z["__sha256__"]):
           return str(z["__original__"]), str(z["__sha256__"])
+        origin = str(z["__source__"]) if "__source__" in z.files else ""
     except (OSError, ValueError, zipfile.BadZipFile):
-      pass
+      origin = ""
+    # An older cache names its file only as 'name:size': the installed file of that name
+    # and size is the one it was converted from.
+    for candidate in (find_pytorch_fid_file(), find_fid_helper_file()):
+      if candidate and _source_id(candidate) == origin:
+        return os.path.basename(candidate), file_sha256(candidate)
   return os.path.basename(path), file_sha256(path)
 
 
