@@ -370,12 +370,8 @@ def resolve_weights(weights_path: str | None = None, cache_path: str | None = No
 
 
 def provenance(source: str) -> tuple[str, str | None]:
-  """(name, SHA-256) of the original weight file behind a `resolve_weights` source.
-
-  A cache written by this version names the file it was converted from and
-  that file's hash, so a run that reads the cache reports the same as one
-  that converted the file. Otherwise: the file read itself.
-  """
+  """(name, SHA-256) of the original weight file behind a `resolve_weights` source: the
+  same whether the file or its converted cache was read."""
   path = source.split(" (from ")[0]
   if path.endswith(".npz") and os.path.isfile(path):
     try:
@@ -385,8 +381,7 @@ def provenance(source: str) -> tuple[str, str | None]:
         origin = str(z["__source__"]) if "__source__" in z.files else ""
     except (OSError, ValueError, zipfile.BadZipFile):
       origin = ""
-    # An older cache names its file only as 'name:size': the installed file of that name
-    # and size is the one it was converted from.
+    # An older cache names its file as 'name:size' only: find the installed one.
     for candidate in (find_pytorch_fid_file(), find_fid_helper_file()):
       if candidate and _source_id(candidate) == origin:
         return os.path.basename(candidate), file_sha256(candidate)
