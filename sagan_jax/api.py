@@ -1,7 +1,7 @@
 """A trained (or converted) run from Python: load it, generate, discriminate, sample.
 
   import sagan_jax
-  run = sagan_jax.load("runs/digits")            # latest checkpoint (or step=N)
+  run = sagan_jax.load("runs/digits")            # latest checkpoint (or step=N, best=True)
   images = run.sample(20, seed=0)                # uint8 [20, H, W, 3], classes 0, 1, 2, ...
   x = run.generate(z, labels)                    # float32 NHWC in [-1, 1], eval-mode BN
   logits = run.discriminate(x, labels)           # float32 [N]
@@ -107,13 +107,15 @@ class Run:
     return dataclasses.replace(self, state=self.state.replace(**{name: new}))
 
 
-def load(workdir: str, step: int | None = None) -> Run:
+def load(workdir: str, step: int | None = None, best: bool = False) -> Run:
   """The run in `workdir` at its newest intact (or the given) checkpoint, on one device.
 
+  best: its best-evaluated checkpoint instead (WORKDIR/checkpoints_best, written
+  when the run had an in-training evaluation; `step` then picks among those).
   The checkpoint's files are verified first; a damaged newest one is skipped
   with a warning (see `checkpointing.load`).
   """
-  restored = checkpointing.load(workdir, step)
+  restored = checkpointing.load(workdir, step, best=best)
   return Run(restored.config, make_models(restored.config), restored.state)
 
 

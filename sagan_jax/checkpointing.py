@@ -1,6 +1,9 @@
 """Orbax checkpoints of the whole train state, the config that made it and the run's metadata.
 
-Layout: WORKDIR/checkpoints/<step>/{state, config, meta, sagan_manifest.json}.
+Layout: WORKDIR/checkpoints/<step>/{state, config, meta, sagan_manifest.json}, and
+the best-evaluated one (`best_checkpoint.BestCheckpointer`) the same way in
+WORKDIR/checkpoints_best/<step>/, its `meta` naming the metric and value;
+`load(workdir, best=True)` reads it.
 
 Whenever the process dies (kill -9, a full disk):
 - A step directory appears only complete: Orbax writes into a temporary
@@ -41,9 +44,13 @@ _ARCH_FIELDS = ("resolution", "ch", "d_ch", "z_dim", "num_classes", "g_attention
                 "d_attention", "d_relu_shortcut")
 
 
-def checkpoint_dir(workdir: str) -> epath.Path:
-  """WORKDIR/checkpoints, absolute (Orbax refuses relative paths; gs:// stays as it is)."""
-  return epath.Path(integrity.resolve_workdir(workdir)) / "checkpoints"
+BEST_DIR = "checkpoints_best"
+
+
+def checkpoint_dir(workdir: str, best: bool = False) -> epath.Path:
+  """WORKDIR/checkpoints (or checkpoints_best), absolute (Orbax refuses relative paths; gs://
+  stays as it is)."""
+  return epath.Path(integrity.resolve_workdir(workdir)) / (BEST_DIR if best else "checkpoints")
 
 
 @jax.jit
@@ -77,6 +84,14 @@ def _read_json(step_dir: epath.Path, item: str) -> dict:
     return json.loads(path.read_text())
   except (OSError, ValueError, UnicodeDecodeError) as e:
     raise _Damaged(f"its {item} ({path}) is unreadable ({type(e).__name__})") from e
+
+
+def read_meta(step_dir: epath.Path) -> dict:
+  """A step's `meta` item ({'step', 'rollbacks', ...}); {} when it is missing or unreadable."""
+  try:
+    return _read_json(step_dir, "meta")
+  except _Damaged:
+    return {}
 
 
 def _restore_arrays(step_dir: epath.Path, template):
@@ -121,25 +136,29 @@ def _load_step(step_dir: epath.Path, template_fn: Callable, config) -> Restored:
   return Restored(int(step_dir.name), state, saved, int(meta.get("rollbacks", 0)))
 
 
-def _no_checkpoint_message(workdir: str) -> str:
-  cdir = checkpoint_dir(workdir)
+def _no_checkpoint_message(workdir: str, best: bool = False) -> str:
+  cdir = checkpoint_dir(workdir, best)
   if not epath.Path(workdir).exists():
     return f"--workdir {workdir} does not exist; give the directory of a training run."
+  if best:
+    return (f"no best checkpoint in {cdir}: it is written by runs with an in-training "
+            "evaluation (config.eval_every or config.evals); leave out --best for the latest.")
   return (f"no checkpoints in {cdir}: train first with "
           f"`python -m sagan_jax.main --config ... --workdir {workdir}`.")
 
 
 def find(workdir: str, template_fn: Callable, *, step: int | None = None,
          config: ml_collections.ConfigDict | None = None,
-         at_most: int | None = None) -> Restored | None:
+         at_most: int | None = None, best: bool = False) -> Restored | None:
   """The newest intact checkpoint of `workdir` (or exactly `step`), restored; None if none.
 
   template_fn(saved_config) -> the abstract state to restore into (shapes and
   shardings). config: the running config, whose architecture must match.
-  A damaged checkpoint is reported and skipped (not with `step`: then it is an
-  error); a different architecture is an error. at_most: only steps <= it.
+  best: from checkpoints_best instead of checkpoints. A damaged checkpoint is
+  reported and skipped (not with `step`: then it is an error); a different
+  architecture is an error. at_most: only steps <= it.
   """
-  cdir = checkpoint_dir(workdir)
+  cdir = checkpoint_dir(workdir, best)
   listing = integrity.list_dir(cdir)
   for name in listing.unfinished:
     utils.say("warning: ignoring %s: an interrupted save, never restored (delete it to free "
@@ -183,8 +202,9 @@ def _first_usable(cdir: epath.Path, steps: list[int], exact: bool, use: Callable
   return None
 
 
-def load(workdir: str, step: int | None = None, mesh=None) -> Restored:
-  """A run's newest intact checkpoint (or `step`) on `mesh` (default: one device).
+def load(workdir: str, step: int | None = None, mesh=None, best: bool = False) -> Restored:
+  """A run's newest intact checkpoint (or `step`; or with `best` its best-evaluated one) on
+  `mesh` (default: one device).
 
   The loader for everything that reads a finished or running run (sample,
   evaluate): the same checks and fallback as a resumed training run.
@@ -192,9 +212,10 @@ def load(workdir: str, step: int | None = None, mesh=None) -> Restored:
   from sagan_jax import parallel, state as state_lib
   workdir = integrity.resolve_workdir(workdir)
   mesh = mesh if mesh is not None else parallel.make_mesh(1)
-  restored = find(workdir, lambda saved: state_lib.abstract_state(saved, mesh)[1], step=step)
+  restored = find(workdir, lambda saved: state_lib.abstract_state(saved, mesh)[1], step=step,
+                  best=best)
   if restored is None:
-    raise CheckpointError(_no_checkpoint_message(workdir))
+    raise CheckpointError(_no_checkpoint_message(workdir, best))
   return restored
 
 
@@ -212,10 +233,13 @@ class Checkpointer:
   Nothing is written until the first save.
   """
 
-  def __init__(self, workdir: str, config: ml_collections.ConfigDict):
+  def __init__(self, workdir: str, config: ml_collections.ConfigDict, *, best: bool = False,
+               keep: int | None = None):
     self.workdir = integrity.resolve_workdir(workdir)
     self.config = config
-    self.dir = checkpoint_dir(workdir)
+    self.best = best
+    self.keep = keep or config.keep_checkpoints
+    self.dir = checkpoint_dir(workdir, best)
     self._saver: ocp.AsyncCheckpointer | None = None
     self._pending: int | None = None     # step of the save in flight
 
@@ -227,7 +251,8 @@ class Checkpointer:
   def restore(self, template, at_most: int | None = None) -> Restored | None:
     """The newest intact checkpoint (of a step <= at_most) restored onto `template` (the
     abstract state), or None."""
-    restored = find(self.workdir, lambda _: template, config=self.config, at_most=at_most)
+    restored = find(self.workdir, lambda _: template, config=self.config, at_most=at_most,
+                    best=self.best)
     if restored is not None:
       utils.say("resuming from step %d (%s)", restored.step, self.dir / str(restored.step))
     return restored
@@ -250,8 +275,11 @@ class Checkpointer:
         ocp.CompositeCheckpointHandler(),
         async_options=ocp.AsyncOptions(post_finalization_callback=self._seal))
 
-  def save(self, step: int, state, rollbacks: int = 0) -> None:
-    """Starts saving `state` as step `step` (finishing the previous save first)."""
+  def save(self, step: int, state, rollbacks: int = 0, meta: dict | None = None) -> None:
+    """Starts saving `state` as step `step` (finishing the previous save first).
+
+    meta: more JSON fields for the step's `meta` item (e.g. the best checkpoint's metric).
+    """
     self.finish()
     final = self.dir / str(step)
     try:
@@ -263,7 +291,7 @@ class Checkpointer:
       self._saver.save(final, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state),
           config=ocp.args.JsonSave(self.config.to_dict()),
-          meta=ocp.args.JsonSave({"step": step, "rollbacks": rollbacks})))
+          meta=ocp.args.JsonSave({"step": step, "rollbacks": rollbacks, **(meta or {})})))
     except Exception as e:  # noqa: BLE001 - any failure to write is reported the same way
       self._pending = None
       raise integrity.save_failed(step, self.dir, e) from e
@@ -330,46 +358,24 @@ class Checkpointer:
     """
     listing = integrity.list_dir(self.dir)
     older = [s for s in listing.steps if s < newest]
-    doomed = older[:max(0, len(older) - (self.config.keep_checkpoints - 1))]
+    doomed = older[:max(0, len(older) - (self.keep - 1))]
     for s in doomed:
       (self.dir / str(s)).rename(self.dir / f"{s}{integrity.DELETING_MARK}")
     for name in listing.deleting + tuple(f"{s}{integrity.DELETING_MARK}" for s in doomed):
       (self.dir / name).rmtree()
-      logging.info("removed %s (keep_checkpoints=%d)", name, self.config.keep_checkpoints)
+      logging.info("removed %s (keep %d)", name, self.keep)
 
 
-class BestCheckpointer:
-  """Keeps the one checkpoint with the best evaluation value in WORKDIR/checkpoints_best."""
-
-  def __init__(self, workdir: str, config: ml_collections.ConfigDict, mode: str):
-    self.config = config
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=1, create=True, best_fn=lambda metrics: metrics["value"], best_mode=mode)
-    best_dir = epath.Path(integrity.resolve_workdir(workdir)) / "checkpoints_best"
-    self.mngr = ocp.CheckpointManager(best_dir, options=options,
-                                      item_names=("state", "config"))
-
-  def save(self, step: int, state, value: float) -> None:
-    self.mngr.save(step, metrics={"value": float(value)}, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        config=ocp.args.JsonSave(self.config.to_dict())), force=True)
-
-  def best_step(self) -> int | None:
-    return self.mngr.best_step()
-
-  def wait(self) -> None:
-    self.mngr.wait_until_finished()
-
-
-def read_config(workdir: str, step: int | None = None) -> ml_collections.ConfigDict:
+def read_config(workdir: str, step: int | None = None,
+                best: bool = False) -> ml_collections.ConfigDict:
   """The config stored with a checkpoint (default: the newest one whose files verify)."""
   workdir = integrity.resolve_workdir(workdir)
-  cdir = checkpoint_dir(workdir)
+  cdir = checkpoint_dir(workdir, best)
   steps = integrity.list_dir(cdir).steps
   config = _first_usable(cdir, _candidates(cdir, steps, step), step is not None,
                          lambda s: _verified_config(cdir / str(s))[0])
   if config is None:
-    raise CheckpointError(_no_checkpoint_message(workdir))
+    raise CheckpointError(_no_checkpoint_message(workdir, best))
   return config
 
 

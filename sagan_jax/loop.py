@@ -108,7 +108,8 @@ class Loop:
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, mesh,
                make_step: Callable, make_writer: Callable):
-    from sagan_jax.evaluation import evaluators
+    from sagan_jax import best_checkpoint
+    from sagan_jax.evaluation import training_evals
     self.config, self.workdir, self.mesh = config, workdir, mesh
     self.is_chief = jax.process_index() == 0
     self.ckpt = checkpointing.Checkpointer(workdir, config)   # writes nothing before a save
@@ -131,10 +132,11 @@ class Loop:
       self.writer.write_hparams(utils.flatten_dict(config.to_dict()))
     self.step_fn = make_step(self.models, config, mesh)
     self.grid_z, self.grid_y, self.grid_cols = sampling.grid_inputs(config)
-    self.evaluator = evaluators.make(config, self.models, mesh)
-    self.best = (checkpointing.BestCheckpointer(workdir, config, self.evaluator.mode)
-                 if self.evaluator else None)
-    self.watch = collapse.Watch(config, self.evaluator.mode if self.evaluator else "max")
+    self.evals = training_evals.make_all(config, self.models, mesh)   # the first picks the best
+    first = self.evals[0] if self.evals else None
+    self.best = (best_checkpoint.BestCheckpointer(workdir, config, first.primary, first.mode)
+                 if first else None)
+    self.watch = collapse.Watch(config, first.mode if first else "max")
 
   def make_source(self, step: int):
     from sagan_jax import data as data_lib
@@ -158,13 +160,15 @@ class Loop:
                       scale=images.display_scale(self.config.model.resolution))
     self.writer.write_images(step, {"samples_ema": grid[None]})
 
-  def evaluate(self, step: int) -> str:
-    """Runs the evaluator, keeps the best checkpoint; a collapse reason or ''."""
-    ev = self.evaluator
+  def evaluate(self, step: int, ev) -> str:
+    """Runs one evaluator; the first one keeps the best checkpoint and is watched for
+    collapse. A collapse reason or ''."""
     results = ev.run(self.pos.state)
-    self.writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items()})
+    self.writer.write_scalars(step, {f"{ev.tag}/{k}": v for k, v in results.items()})
     utils.say("eval at step %d (%d EMA samples, %s): %s", step, ev.num_samples, ev.name,
               ", ".join(f"{k} {v:.4g}" for k, v in results.items()))
+    if ev is not self.evals[0] or ev.primary not in results:
+      return ""
     self.best.save(step, self.pos.state, results[ev.primary])
     return self.watch.evaluation(results[ev.primary], f"{ev.name} {ev.primary}")
 
@@ -199,7 +203,7 @@ class Loop:
                     self.make_source(back.step), back.step)
 
   def best_step(self) -> int | None:
-    return self.best.best_step() if self.best is not None else None
+    return self.best.best_step if self.best is not None else None
 
   def set_aside_after(self, step: int) -> None:
     """Renames the checkpoints newer than `step` `N.rolled_back` (kept, never restored)."""
@@ -256,8 +260,8 @@ class Loop:
     finally:
       # Orbax's background threads stop here, while their event loops still run: left to
       # interpreter exit, a failed save's could print a traceback after the error message.
-      shut_down([profiler.close, self.ckpt.close, self.best.wait if self.best else None,
-                 self.writer.close], quiet=failed)
+      best_wait = (lambda: self.best.wait(raise_errors=not failed)) if self.best else None
+      shut_down([profiler.close, self.ckpt.close, best_wait, self.writer.close], quiet=failed)
     return self.pos.state
 
   def one_step(self, end: int, clock: Clock, profiler, preempt) -> bool:
@@ -294,8 +298,8 @@ class Loop:
       p.last_ckpt = step
     if (c.sample_every and step % c.sample_every == 0) or step == end:
       self.write_samples(step)
-    if self.evaluator and self.evaluator.due(step, end):
-      if self.on_collapse(self.evaluate(step)):
+    for ev in self.evals:
+      if ev.due(step, end) and self.on_collapse(self.evaluate(step, ev)):
         clock.mark(self.pos.step)
         return False
     if stop_now:

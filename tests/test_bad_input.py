@@ -112,6 +112,30 @@ ROWS = {
         "evaluate", (SAMPLES, "--weights={d}/not_weights.pth"), "not usable Inception weights"),
     "evaluate: --samples and --workdir": Row("evaluate", (SAMPLES, "--workdir={d}/fake_run"),
                                              "give exactly one of --samples"),
+    "evaluate: --num_samples -1": Row("evaluate", (SAMPLES, "--num_samples=-1"),
+                                      "--num_samples=-1 is invalid: must be a positive integer"),
+    "evaluate: labels count differs from images": Row(
+        "evaluate", ("--samples={d}/labels_3_of_4.npz",), "3 'labels' for 4 'images'"),
+    "evaluate: unknown metric": Row("evaluate", (SAMPLES, "--metrics=fid,lpips"),
+                                    "--metrics='fid,lpips' is invalid: give a comma list from "
+                                    "fid,is,kid,prdc,ifid (unknown: lpips)"),
+    "evaluate: negative k": Row("evaluate", (SAMPLES, "--metrics=prdc", "--pr_k=-1"),
+                                "--pr_k=-1 is invalid: must be a positive integer"),
+    "evaluate: KID subsets of one": Row("evaluate", (SAMPLES, "--kid_subset_size=1"),
+                                        "--kid_subset_size=1 is invalid: must be an integer >= 2"),
+    "evaluate: resize mode unknown": Row("evaluate", (SAMPLES, "--resize=lanczos"),
+                                         "value should be one of <bilinear|tf1>"),
+    "evaluate: --best with --samples": Row("evaluate", (SAMPLES, "--best"),
+                                           "--best samples from a run: use it with --workdir"),
+    "evaluate: intra-FID of unlabelled samples": Row(
+        "evaluate", (SAMPLES, "--metrics=fid,ifid"), "--metrics=ifid needs labelled samples"),
+    "evaluate: digits split that does not exist": Row(
+        "evaluate", ("--compute_ref_stats={wd}.npz", "--config", "configs/digits.py",
+                     "--split=test"),
+        "--split='test' is invalid: the embedded digits have one set"),
+    "evaluate: digits score, no Inception weights": Row(
+        "evaluate", ("--samples={d}/digits.npz", "--digits_score", "--weights={d}/nope.pt"),
+        "For the digits score alone add --noinception"),
     # --- describe
     "describe: config file missing": Row("describe", ("--config", "{d}/nope.py"),
                                          "config file '{d}/nope.py' does not exist"),
@@ -174,6 +198,10 @@ def _make_fixtures(d: str) -> bool:
   np.savez(os.path.join(d, "big.npz"), images=np.arange(4 * 16 * 16 * 3).reshape(
       4, 16, 16, 3) % 301)
   np.savez(os.path.join(d, "ref_64.npz"), mu=np.zeros(64), sigma=np.eye(64))
+  np.savez(os.path.join(d, "labels_3_of_4.npz"), images=np.zeros((4, 16, 16, 3), np.uint8),
+           labels=np.arange(3))
+  np.savez(os.path.join(d, "digits.npz"), images=np.zeros((10, 16, 16, 3), np.uint8),
+           labels=np.arange(10))
   # We run as root in CI containers: permissions do not stop root, a read-only mount does.
   r = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs",
                       os.path.join(d, "read_only")], capture_output=True)

@@ -68,6 +68,8 @@ def test_reference_choice_calibrates_frechet_and_diversity():
   assert s["frechet"] < 1e-6 and abs(s["diversity"] - 1.0) < 1e-9
   s = ds.digits_score(images, labels, reference=(images, labels))
   assert s["frechet"] < 1e-6 and abs(s["diversity"] - 1.0) < 1e-9
+  # The reference itself: precision = recall = coverage = 1 in the classifier's space.
+  assert s["precision"] == s["recall"] == s["coverage"] == 1.0 and s["density"] > 0.9
   # Against the raw 8x8 digits the bilinear round trip's blur shows.
   raw = ds.digits_score(images, labels, reference=None)
   assert raw["accuracy"] == s["accuracy"]
@@ -85,6 +87,7 @@ def test_mode_collapse_has_no_diversity():
   s = ds.digits_score(one, np.repeat(np.arange(10), 100))
   assert s["diversity"] < 1e-3
   assert s["frechet"] > 5.0
+  assert s["recall"] < 0.05 and s["coverage"] < 0.1      # 10 points cover little
 
 
 def test_shuffled_labels_score_chance():
@@ -99,6 +102,24 @@ def test_noise_scores_badly():
   noise = rng.integers(0, 256, (500, 32, 32, 3)).astype(np.uint8)
   s = ds.digits_score(noise, np.arange(500) % 10)
   assert s["accuracy"] < 0.3 and s["frechet"] > 20
+  assert s["precision"] < 0.05 and s["coverage"] < 0.05
+
+
+def test_knn_metrics_in_classifier_space_equal_feature_metrics():
+  images, labels = _per_class(*_real(16), n=30)
+  s = ds.digits_score(images, labels, reference=None)
+  clf, _, ref_feats = ds._model()
+  feats = ds.hidden_features(clf, ds.to_digits_space(images))
+  # brute force in numpy: distances, k-th neighbour radii (column 0 is the point itself)
+  d_rr = np.sqrt(((ref_feats[:, None] - ref_feats[None]) ** 2).sum(-1))
+  d_ff = np.sqrt(((feats[:, None] - feats[None]) ** 2).sum(-1))
+  d_rf = np.sqrt(((ref_feats[:, None] - feats[None]) ** 2).sum(-1))
+  r3, r5, f3 = np.sort(d_rr, 1)[:, 3], np.sort(d_rr, 1)[:, 5], np.sort(d_ff, 1)[:, 3]
+  n = len(feats)
+  assert s["precision"] == pytest.approx((d_rf <= r3[:, None]).any(0).mean(), abs=1.5 / n)
+  assert s["recall"] == pytest.approx((d_rf <= f3[None]).any(1).mean(), abs=1.5 / 1797)
+  assert s["density"] == pytest.approx((d_rf < r5[:, None]).sum(0).mean() / 5, abs=1.5 / n)
+  assert s["coverage"] == pytest.approx((d_rf.min(1) < r5).mean(), abs=1.5 / 1797)
 
 
 def test_conversion_to_8x8():

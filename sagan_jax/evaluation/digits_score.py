@@ -20,6 +20,9 @@ black); pass `invert=True` for dark ink on white.
 * frechet: Frechet distance (FID's formula) between the samples and all 1,797
   real digits in the classifier's hidden-layer space (64 ReLU features) - 0
   for the real digits themselves, larger is worse; an FID analogue for digits.
+* precision, recall, density, coverage: the k-NN metrics of
+  `feature_metrics.prdc` (k 3 and 5) between the samples and the real digits
+  in the same 64-d feature space; None with fewer than 6 samples.
 * diversity: within-class spread of samples relative to real digits: for each
   class, mean pairwise L2 distance between samples' 8x8 images (0..16 scale)
   divided by the same for the real digits of that class, averaged over the
@@ -38,6 +41,7 @@ from __future__ import annotations
 import functools
 import numpy as np
 
+from sagan_jax.evaluation import feature_metrics
 from sagan_jax.evaluation.metrics import GaussianStats, frechet_distance
 
 NUM_CLASSES = 10
@@ -65,7 +69,7 @@ def _model():
   clf = train_classifier(x, y)
   feats = hidden_features(clf, x)
   ref = GaussianStats().update(feats)
-  return clf, (ref.mu, ref.sigma)
+  return clf, (ref.mu, ref.sigma), feats
 
 
 def hidden_features(clf, x8: np.ndarray) -> np.ndarray:
@@ -123,10 +127,10 @@ def _class_spread(x8: np.ndarray, labels: np.ndarray) -> list[float]:
 
 
 @functools.lru_cache(maxsize=1)
-def _default_reference() -> tuple[tuple[np.ndarray, np.ndarray], tuple[float, ...]]:
-  clf, ref_stats = _model()
+def _default_reference():
+  clf, ref_stats, feats = _model()
   x, y = _real_digits()
-  return ref_stats, tuple(_class_spread(x, y))
+  return ref_stats, tuple(_class_spread(x, y)), feats
 
 
 _REF_CACHE: dict = {}
@@ -135,15 +139,16 @@ _REF_CACHE: dict = {}
 def _reference_from_images(key, ref_images, ref_labels):
   """Reference statistics of a real image set, cached in memory by `key`."""
   if key not in _REF_CACHE:
-    clf, _ = _model()
+    clf = _model()[0]
     x8 = to_digits_space(ref_images)
     ref_labels = np.asarray(ref_labels).astype(np.int64).reshape(-1)
     if x8.shape[0] != ref_labels.shape[0]:
       raise ValueError("reference images and labels differ in number")
-    st = GaussianStats().update(hidden_features(clf, x8))
+    feats = hidden_features(clf, x8)
+    st = GaussianStats().update(feats)
     if len(_REF_CACHE) >= 4:
       _REF_CACHE.clear()
-    _REF_CACHE[key] = ((st.mu, st.sigma), _class_spread(x8, ref_labels))
+    _REF_CACHE[key] = ((st.mu, st.sigma), _class_spread(x8, ref_labels), feats)
   return _REF_CACHE[key]
 
 
@@ -154,7 +159,7 @@ def _pipeline_digits(resolution: int):
 
 
 def _reference(reference, images: np.ndarray):
-  """(hidden-feature mean/cov, per-class spread) of the real digits to compare with."""
+  """(hidden-feature mean/cov, per-class spread, hidden features) of the real digits."""
   if isinstance(reference, str):
     if reference != "auto":
       raise ValueError(f"reference {reference!r}: use 'auto', None or (images, labels)")
@@ -163,8 +168,8 @@ def _reference(reference, images: np.ndarray):
       loaded = _pipeline_digits(int(images.shape[1]))
       return _reference_from_images(("pipeline", int(images.shape[1])), *loaded)
   if reference is None:
-    stats, spread = _default_reference()
-    return stats, list(spread)
+    stats, spread, feats = _default_reference()
+    return stats, list(spread), feats
   ref_images, ref_labels = reference
   ref_images = np.asarray(ref_images)
   key = ("given", ref_images.shape, hash(ref_images.tobytes()),
@@ -195,8 +200,8 @@ def digits_score(images: np.ndarray, labels: np.ndarray, invert: bool = False,
     raise ValueError(f"{x8.shape[0]} images but {labels.shape[0]} labels")
   if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
     raise ValueError("labels must be digit classes 0..9")
-  clf, _ = _model()
-  (ref_mu, ref_sigma), spread = _reference(reference, np.asarray(images))
+  clf = _model()[0]
+  (ref_mu, ref_sigma), spread, ref_feats = _reference(reference, np.asarray(images))
   pred = clf.predict(x8 / 16.0)
   correct = pred == labels
   per_class_acc: list[float | None] = []
@@ -212,7 +217,11 @@ def digits_score(images: np.ndarray, labels: np.ndarray, invert: bool = False,
     st = GaussianStats().update(feats)
     frechet = max(0.0, frechet_distance(st.mu, st.sigma, ref_mu, ref_sigma))  # no -1e-8s
   divs = [d for d in per_class_div if d is not None]
+  knn = {k: None for k in ("precision", "recall", "density", "coverage")}
+  if feats.shape[0] > 5:
+    knn = feature_metrics.prdc(feats, ref_feats, pr_k=3, dc_k=5)
   return {
+      **knn,
       "accuracy": float(correct.mean()) if labels.size else float("nan"),
       "frechet": frechet,
       "diversity": float(np.mean(divs)) if divs else None,

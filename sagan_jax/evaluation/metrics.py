@@ -13,8 +13,10 @@
   both covariances when the result is not finite), kept as the reference.
 * `inception_score`: exp(E_x KL(p(y|x) || p(y))) over 10 splits in order, the
   original (Salimans et al.) definition; mean and std over the splits.
-* `compute_features` / `evaluate_images` / `Evaluator`: the batched, jitted
-  extraction (see inception.FeatureExtractor) wired to the statistics.
+* `compute_features` / `metrics_from_features`: the batched, jitted extraction
+  (see inception.FeatureExtractor) wired to the statistics; the metrics beyond
+  FID and IS are in `feature_metrics`, and `inception_scorer` binds all of them
+  to an extractor and a reference for the `evaluate` command and training.
 """
 
 from __future__ import annotations
@@ -236,31 +238,3 @@ def metrics_from_features(feats: Features, ref: tuple[np.ndarray, np.ndarray] | 
   if feats.logits is not None and feats.logits.shape[0] >= splits:
     out["is_mean"], out["is_std"] = inception_score(feats.logits, splits)
   return out
-
-
-class Evaluator:
-  """Inception extractor + reference statistics, reusable e.g. inside training.
-
-      ev = Evaluator.create(ref_stats="imagenet128_train.npz")
-      ev.evaluate(images_uint8)   # {'fid': ..., 'is_mean': ..., 'is_std': ..., 'num_samples': ...}
-  """
-
-  def __init__(self, extractor, ref: tuple[np.ndarray, np.ndarray] | None = None,
-               splits: int = 10):
-    self.extractor = extractor
-    self.ref = ref
-    self.splits = splits
-
-  @classmethod
-  def create(cls, ref_stats: str | None = None, *, weights: str | None = None,
-             weights_cache: str | None = None, mesh=None, batch_size: int = 0,
-             resize_mode: str = "bilinear", splits: int = 10) -> "Evaluator":
-    from sagan_jax.evaluation import inception, weights as weights_lib
-    params, has_fc, _ = weights_lib.load_inception_params(weights, weights_cache)
-    ex = inception.FeatureExtractor(params, has_fc, mesh=mesh, batch_size=batch_size,
-                                    resize_mode=resize_mode)
-    return cls(ex, load_stats(ref_stats) if ref_stats else None, splits)
-
-  def evaluate(self, images) -> dict:
-    return metrics_from_features(compute_features(self.extractor, images), self.ref,
-                                 self.splits)

@@ -272,11 +272,30 @@ def _source_id(path: str) -> str:
   return f"{os.path.basename(path)}:{st.st_size}"
 
 
-def save_cache(flat: dict[str, np.ndarray], cache_path: str, source: str) -> None:
+def file_sha256(path: str) -> str | None:
+  """SHA-256 of a file (None if it cannot be read)."""
+  h = hashlib.sha256()
+  try:
+    with open(path, "rb") as f:
+      for chunk in iter(lambda: f.read(1 << 20), b""):
+        h.update(chunk)
+  except OSError:
+    return None
+  return h.hexdigest()
+
+
+def save_cache(flat: dict[str, np.ndarray], cache_path: str, source: str,
+               original: str | None = None) -> None:
+  """The converted weights as an .npz; `original`: the file they came from (its name and
+  SHA-256 are kept, for `provenance`)."""
   d = os.path.dirname(os.path.abspath(cache_path))
   os.makedirs(d, exist_ok=True)
   tmp = cache_path + ".tmp.npz"
-  np.savez(tmp, __format__=np.array(CACHE_FORMAT), __source__=np.array(source), **flat)
+  extra = {}
+  if original is not None:
+    extra = {"__original__": np.array(os.path.basename(original)),
+             "__sha256__": np.array(file_sha256(original) or "")}
+  np.savez(tmp, __format__=np.array(CACHE_FORMAT), __source__=np.array(source), **extra, **flat)
   os.replace(tmp, cache_path)
 
 
@@ -312,7 +331,7 @@ def _write_cache(flat: dict[str, np.ndarray], cache_path: str | None, src: str) 
   """Caches weights converted from `src` (default path: by whether they have fc)."""
   cache = cache_path or default_cache_path("fc/kernel" in flat)
   try:
-    save_cache(flat, cache, _source_id(src))
+    save_cache(flat, cache, _source_id(src), original=src)
   except OSError as e:  # a read-only home must not stop an evaluation
     logging.warning("could not write the Inception weights cache %s: %s", cache, e)
 
@@ -348,6 +367,25 @@ def resolve_weights(weights_path: str | None = None, cache_path: str | None = No
   if write_cache:
     _write_cache(flat, cache_path, src)
   return flat, src
+
+
+def provenance(source: str) -> tuple[str, str | None]:
+  """(name, SHA-256) of the original weight file behind a `resolve_weights` source: the
+  same whether the file or its converted cache was read."""
+  path = source.split(" (from ")[0]
+  if path.endswith(".npz") and os.path.isfile(path):
+    try:
+      with np.load(path, allow_pickle=False) as z:
+        if "__sha256__" in z.files and str(z["__sha256__"]):
+          return str(z["__original__"]), str(z["__sha256__"])
+        origin = str(z["__source__"]) if "__source__" in z.files else ""
+    except (OSError, ValueError, zipfile.BadZipFile):
+      origin = ""
+    # An older cache names its file as 'name:size' only: find the installed one.
+    for candidate in (find_pytorch_fid_file(), find_fid_helper_file()):
+      if candidate and _source_id(candidate) == origin:
+        return os.path.basename(candidate), file_sha256(candidate)
+  return os.path.basename(path), file_sha256(path)
 
 
 def load_inception_params(weights_path: str | None = None,
