@@ -7,6 +7,8 @@ finite. Three cheap signals, each a pure function of a series:
 - `d_saturated_g_rising`: over the last `collapse_window` log steps D's loss
   stays at or below `collapse_d_loss` (hinge: D(x) >= 1 and D(G(z)) <= -1,
   both margins saturated) while G's loss climbs (positive least-squares slope);
+- `losses_frozen`: both losses constant over that window (a dead D or G:
+  nothing learns any more);
 - `sigma_exploding`: the largest spectral-norm sigma of D (`d_sigma_max`,
   the raw weights' largest singular value) grew more than
   `collapse_sigma_growth` times within that window;
@@ -32,6 +34,18 @@ def d_saturated_g_rising(d_losses, g_losses, window: int, d_floor: float) -> boo
   g = np.asarray(g_losses[-window:], np.float64)
   slope = np.polyfit(np.arange(window), g, 1)[0]
   return bool(np.all(d <= d_floor) and slope > 0)
+
+
+def losses_frozen(d_losses, g_losses, window: int, tol: float = 1e-6) -> bool:
+  """Both losses the same (within tol, relative) at each of the last `window` points:
+  a dead network (e.g. every ReLU of D off after a far too large step)."""
+  if window < 2 or len(d_losses) < window or len(g_losses) < window:
+    return False
+  for series in (d_losses, g_losses):
+    s = np.asarray(series[-window:], np.float64)
+    if s.max() - s.min() > tol * (1.0 + abs(s.mean())):
+      return False
+  return True
 
 
 def sigma_exploding(sigmas, window: int, growth: float) -> bool:
@@ -84,6 +98,9 @@ class Watch:
     if d_saturated_g_rising(self.d, self.g, w, c.collapse_d_loss):
       reason = (f"D's loss <= {c.collapse_d_loss:g} for the last {w} log steps while G's loss "
                 f"rose to {self.g[-1]:.3g} (D wins outright)")
+    elif losses_frozen(self.d, self.g, w):
+      reason = (f"D's and G's losses stayed at {self.d[-1]:.4g} and {self.g[-1]:.4g} for the "
+                f"last {w} log steps (nothing learns any more)")
     elif sigma_exploding(self.sigma, w, c.collapse_sigma_growth):
       reason = (f"D's largest spectral-norm sigma grew from {self.sigma[-w]:.3g} to "
                 f"{self.sigma[-1]:.3g} within {w} log steps (more than "

@@ -334,9 +334,10 @@ def collapse_message(what: str, step: int, last_ckpt: int | None, workdir: str,
   where = (f"the last checkpoint is step {last_ckpt} in {workdir}/checkpoints"
            if last_ckpt is not None else "no checkpoint was written yet")
   best_txt = f"; the best evaluation was at step {best}" if best is not None else ""
+  tip = ("" if rollbacks is not None else ", or rerun with --config.on_collapse=rollback "
+         "(back to the best checkpoint with new noise)")
   return (f"training stopped: {what} at step {step}{spent}; {where}{best_txt}. Lower D's "
-          "learning rate (--config.optim.d_lr), try another --config.seed, or rerun with "
-          "--config.on_collapse=rollback (back to the best checkpoint with new noise).")
+          f"learning rate (--config.optim.d_lr) or try another --config.seed{tip}.")
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, mesh=None,

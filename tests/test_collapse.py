@@ -26,6 +26,13 @@ def test_d_saturated_while_g_rises():
   assert slope < 0 and not collapse.d_saturated_g_rising([0.0] * 5, g, 5, 0.05)
 
 
+def test_losses_frozen():
+  assert collapse.losses_frozen([2.0] * 4 + [2.0 + 1e-9], [0.8162] * 5, 5)
+  assert not collapse.losses_frozen([2.0] * 4 + [2.001], [0.8162] * 5, 5)
+  assert not collapse.losses_frozen([2.0] * 5, [0.8162] * 4 + [0.9], 5)
+  assert not collapse.losses_frozen([2.0] * 4, [0.8162] * 4, 5)
+
+
 def test_sigma_exploding():
   assert collapse.sigma_exploding([1.0, 1.2, 3.0, 11.0], 4, 10.0)
   assert not collapse.sigma_exploding([1.0, 1.2, 3.0, 9.9], 4, 10.0)
@@ -35,7 +42,7 @@ def test_sigma_exploding():
 
 @pytest.mark.parametrize("mode,values,expect", [
     ("max", [0.5, 0.9, 0.6, 0.6, 0.6], True),     # best 0.9; 0.6 < 0.9 * 0.75
-    ("max", [0.5, 0.9, 0.6, 0.7, 0.6], True),
+    ("max", [0.5, 0.9, 0.6, 0.65, 0.6], True),   # 0.65 < 0.675
     ("max", [0.5, 0.9, 0.6, 0.8, 0.6], False),    # 0.8 is within 25% of 0.9
     ("max", [0.9, 0.6, 0.6], False),              # only 2 after the best
     ("min", [30.0, 10.0, 13.0, 14.0, 20.0], True),   # FID: best 10, > 12.5 thrice
@@ -67,3 +74,38 @@ def test_collapse_fields_are_validated(field, value):
   c[field] = value
   with pytest.raises(errors.ConfigError, match=rf"config\.{field}="):
     config_base.validate(c)
+
+
+def _forced(tmp_path, **overrides):
+  """The tiny config driven into collapse: D's learning rate 50x the default (0.02)."""
+  from sagan_jax import parallel, train
+  config = load_config("tiny", optim__d_lr=0.02, log_every=2, checkpoint_every=10,
+                       sample_every=0, collapse_window=5, **overrides)
+  return lambda: train.train_and_evaluate(config, str(tmp_path), mesh=parallel.make_mesh(1))
+
+
+def test_forced_collapse_warns_then_stops_with_one_message(tmp_path, capsys):
+  with pytest.raises(errors.CollapseError,
+                     match=r"training stopped: collapse \(D's loss <= 0.05 for the last 5 log "
+                           r"steps .*\) at step 14; the last checkpoint is step 10 .*"
+                           r"--config.on_collapse=rollback"):
+    _forced(tmp_path, total_steps=20, on_collapse="stop")()
+  assert "step 14/20" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_forced_collapse_rolls_back_with_new_noise(tmp_path, capsys):
+  from sagan_jax import checkpointing
+  run = _forced(tmp_path, total_steps=40, on_collapse="rollback", max_rollbacks=1)
+  try:
+    run()
+    stopped = None
+  except errors.CollapseError as e:
+    stopped = str(e)
+  out = capsys.readouterr().out
+  assert "rollback 1 of at most 1: collapse (D's loss <= 0.05" in out
+  assert "back to step 10 with new noise" in out
+  if stopped is None:
+    assert "step 40/40" in out and checkpointing.load(str(tmp_path)).rollbacks == 1
+  else:
+    assert "after 1 rollbacks (config.max_rollbacks)" in stopped
