@@ -20,9 +20,14 @@ K runs over the feature-map sizes that G and D both have (`sizes`).
 `single_lr` is the one rate of baseline / sn_gd / sngan: the paper's G rate,
 1e-4, at the paper's scale; a config that scales the paper's rates passes
 them scaled alike (configs/digits.py: 2x).
+
+The train loop appends every in-training evaluation to WORKDIR/eval.jsonl
+(`record_eval`), which the sweep runner (`sagan_jax.sweep`) reads back.
 """
 
 from __future__ import annotations
+
+import json
 
 import ml_collections
 
@@ -70,3 +75,33 @@ def apply(c: ml_collections.ConfigDict, variant: str, single_lr: float,
     m.g_attention = m.d_attention = ()
     m.g_residual = m.d_residual = (k,)
   return c
+
+
+# Every in-training evaluation of a run, one JSON object a line: {"step": N, metric: value}.
+EVAL_LOG = "eval.jsonl"
+
+
+def record_eval(workdir: str, step: int, results: dict[str, float]) -> None:
+  """Appends one evaluation to WORKDIR/eval.jsonl (what `sagan_jax.sweep` reads back)."""
+  from etils import epath
+  path = epath.Path(workdir) / EVAL_LOG
+  path.parent.mkdir(parents=True, exist_ok=True)
+  line = json.dumps({"step": int(step), **{k: float(v) for k, v in results.items()}})
+  old = path.read_text() if path.exists() else ""   # (gs:// has no append)
+  path.write_text(old + line + "\n")
+
+
+def read_evals(workdir: str) -> list[dict[str, float]]:
+  """A run's evaluations by step; a step evaluated twice (a resumed run) keeps the last."""
+  from etils import epath
+  path = epath.Path(workdir) / EVAL_LOG
+  by_step = {}
+  if path.exists():
+    for line in path.read_text().splitlines():
+      try:
+        row = json.loads(line)
+      except ValueError:   # a line cut short by a kill
+        continue
+      if isinstance(row, dict) and "step" in row:
+        by_step[int(row["step"])] = row
+  return [by_step[s] for s in sorted(by_step)]

@@ -23,6 +23,7 @@ import optax
 
 from sagan_jax import (checkpointing, config_base, errors, images, integrity, losses, parallel,
                        profiling, sampling, utils)
+from sagan_jax import experiments
 from sagan_jax.models import layers
 from sagan_jax.state import Models, TrainState, abstract_state, class_labels, create_state
 
@@ -236,6 +237,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   def evaluate(step: int):
     results = evaluator.run(state)
     writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items()})
+    if is_chief:  # WORKDIR/eval.jsonl: what the sweep runner's tables are made from
+      experiments.record_eval(workdir, step, results)
     utils.say("eval at step %d (%d EMA samples, %s): %s", step, evaluator.num_samples,
               evaluator.name, ", ".join(f"{k} {v:.4g}" for k, v in results.items()))
     best.save(step, state, results[evaluator.primary])
