@@ -156,7 +156,7 @@ def sweep(spec: str, variants: list[str], seeds: list[int], workdir: str,
                     "the sweep sets each member's seed: use --seeds")
   errors.check_flag(":" not in os.path.basename(spec), "config", spec,
                     "give the config without a variant; --variants chooses them")
-  members = [Member(v, s) for v in variants for s in seeds]
+  members = [Member(v, s) for s in seeds for v in variants]   # every variant once, first
   chosen = parse_only(only, members) if only else None
   configs = check_variants(spec, variants, overrides)
   from sagan_jax import integrity
