@@ -156,6 +156,8 @@ def sweep(spec: str, variants: list[str], seeds: list[int], workdir: str,
                     "the sweep sets each member's seed: use --seeds")
   errors.check_flag(":" not in os.path.basename(spec), "config", spec,
                     "give the config without a variant; --variants chooses them")
+  if "://" not in workdir:
+    workdir = os.path.abspath(os.path.expanduser(workdir))   # Orbax needs absolute paths
   members = [Member(v, s) for s in seeds for v in variants]   # every variant once, first
   chosen = parse_only(only, members) if only else None
   configs = check_variants(spec, variants, overrides)

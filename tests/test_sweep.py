@@ -95,7 +95,8 @@ def test_rerun_skips_finished_members_and_resumes_the_others(tmp_path, monkeypat
   monkeypatch.setattr(train, "train_and_evaluate", lambda config, rundir: trained.append(rundir))
   _fake_member(str(tmp_path), "noattn-s0", [(2, 0.5, 9.0)])            # at total_steps: done
   _fake_member(str(tmp_path), "baseline-s0", [(1, 0.5, 9.0)])          # interrupted at step 1
-  sweep.sweep(TINY, ["baseline", "noattn"], [0], str(tmp_path), {"total_steps": 2},
+  monkeypatch.chdir(tmp_path.parent)   # a relative --workdir reaches the members absolute
+  sweep.sweep(TINY, ["baseline", "noattn"], [0], tmp_path.name, {"total_steps": 2},
               in_process=True)
   assert trained == [os.path.join(str(tmp_path), "baseline-s0")]
   assert sweep_report.read_state(os.path.join(str(tmp_path), "noattn-s0"))["launches"] == 1
