@@ -13,11 +13,24 @@ accelerator.
 Variant `:official` is the released TF code's placement, attention at the
 32x32 feature maps in G and D, otherwise identical: G 42,078,852,
 D 39,463,618 trainable parameters.
+
+The paper's experiments (sagan_jax/experiments.py; docs/experiments.md):
+`:baseline`, `:sn_gd`, `:sn_gd_ttur` (= the default), `:sngan` (Figure 3
+and the SN-GAN recipe), `:noattn`, `:feat8` ... `:feat64` and `:residual8`
+... `:residual64` (Table 1), e.g.
+
+  python -m sagan_jax.sweep --config configs/imagenet128.py \
+      --variants baseline,sn_gd,sn_gd_ttur --seeds 0 --workdir gs://BUCKET/fig3
+
+The single learning rate of baseline / sn_gd / sngan is 1e-4 for G and D,
+the paper's G rate (Zhang et al. 2019, Sec. 5.1: Figure 3's models without
+TTUR use one rate for both, with 1:1 updates).
 """
 
-from sagan_jax import config_base
+from sagan_jax import config_base, experiments
 
-VARIANTS = ("", "official")
+SINGLE_LR = 1e-4   # baseline / sn_gd / sngan: one rate for G and D (the paper's G rate)
+VARIANTS = ("", "official") + experiments.names(128)
 
 
 def get_config(variant: str = ""):
@@ -46,4 +59,6 @@ def get_config(variant: str = ""):
   if variant == "official":
     c.model.g_attention = (32,)  # released code: attention after G's 32x32 block
     c.model.d_attention = (32,)  # released code: attention after D's 32x32 block
+  elif variant:
+    experiments.apply(c, variant, SINGLE_LR, "configs/imagenet128.py")
   return c

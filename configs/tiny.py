@@ -4,13 +4,14 @@
 
 Expect: 20 steps in well under a minute on a laptop CPU; noise-like samples.
 It exercises every part (attention in G and D, CBN, projection, EMA,
-checkpoints), not quality.
+checkpoints), not quality. Variants: the paper's experiments
+(sagan_jax/experiments.py) at this size, for tests of the sweep runner.
 """
 
-from sagan_jax import config_base
+from sagan_jax import config_base, experiments
 
 
-def get_config():
+def get_config(variant: str = ""):
   c = config_base.base_config()
   c.total_steps = 20         # a smoke run
   c.batch_size = 8           # global batch
@@ -29,4 +30,6 @@ def get_config():
   c.ema.decay = 0.9          # fast EMA for short runs
   c.data.source = "digits"   # embedded data, no download
   c.data.random_flip = False  # digits must not be mirrored
+  if variant:
+    experiments.apply(c, variant, c.optim.g_lr, "configs/tiny.py")  # single rate: G's
   return c

@@ -41,7 +41,7 @@ from sagan_jax.errors import CheckpointError
 
 # Config fields that define the shapes in the state: a resumed run must match.
 _ARCH_FIELDS = ("resolution", "ch", "d_ch", "z_dim", "num_classes", "g_attention",
-                "d_attention", "d_relu_shortcut")
+                "d_attention", "d_relu_shortcut", "g_residual", "d_residual", "g_sn", "d_sn")
 
 
 BEST_DIR = "checkpoints_best"

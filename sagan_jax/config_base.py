@@ -60,6 +60,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.num_classes = 1000  # classes for CBN / projection; 0 = unconditional
   c.model.g_attention = (64,)  # feature-map sizes after which G has self-attention
   c.model.d_attention = (64,)  # feature-map sizes after which D has self-attention
+  c.model.g_residual = ()    # sizes after which G has an extra size-keeping residual block (paper Table 1)
+  c.model.d_residual = ()    # the same for D (the "residual" control of attention)
+  c.model.g_sn = True        # spectral norm on every conv/linear of G (False: plain layers)
+  c.model.d_sn = True        # spectral norm on every conv/linear/embedding of D
   c.model.d_relu_shortcut = False  # D blocks' shortcut from ReLU(x), as StudioGAN's D computes
   c.model.sn_eps = 1e-12     # epsilon in the power iteration's l2 normalisation
   c.model.sn_init_iters = 10  # extra power iterations at init so step-0 sigma is accurate
@@ -337,10 +341,13 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _check(isinstance(m.num_classes, int) and m.num_classes >= 0, "model.num_classes",
          m.num_classes, "must be an integer >= 0 (0 = unconditional)")
   g_res, d_res = block_resolutions(m.resolution)
-  for f, allowed in (("g_attention", g_res), ("d_attention", d_res)):
+  for f, allowed in (("g_attention", g_res), ("d_attention", d_res),
+                     ("g_residual", g_res), ("d_residual", d_res)):
     vals = tuple(m[f])
     _check(all(v in allowed for v in vals), f"model.{f}", vals,
-           f"attention sizes must be feature-map sizes of this model: {sorted(set(allowed))}")
+           f"sizes must be feature-map sizes of this model: {sorted(set(allowed))}")
+  for f in ("g_sn", "d_sn"):
+    _check(isinstance(m[f], bool), f"model.{f}", m[f], "must be True or False")
   _check(isinstance(m.d_relu_shortcut, bool), "model.d_relu_shortcut", m.d_relu_shortcut,
          "must be True or False")
   _check(m.init in ("glorot", "orthogonal", "normal02"), "model.init", m.init,

@@ -21,8 +21,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from sagan_jax import (checkpointing, collapse, config_base, errors, images, integrity, parallel,
-                       peers, profiling, runlock, sampling, utils)
+from sagan_jax import (checkpointing, collapse, config_base, errors, experiments, images,
+                       integrity, parallel, peers, profiling, runlock, sampling, utils)
 from sagan_jax.state import abstract_state, create_state
 
 # Folded into the noise key after a rollback (a number no step reaches).
@@ -165,6 +165,10 @@ class Loop:
     collapse. A collapse reason or ''."""
     results = ev.run(self.pos.state)
     self.writer.write_scalars(step, {f"{ev.tag}/{k}": v for k, v in results.items()})
+    if self.is_chief:  # WORKDIR/eval.jsonl: what the sweep runner's tables are made from
+      first = ev is self.evals[0]
+      experiments.record_eval(self.workdir, step,
+                              {k if first else f"{ev.tag}/{k}": v for k, v in results.items()})
     utils.say("eval at step %d (%d EMA samples, %s): %s", step, ev.num_samples, ev.name,
               ", ".join(f"{k} {v:.4g}" for k, v in results.items()))
     if ev is not self.evals[0] or ev.primary not in results:

@@ -79,7 +79,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
       out, new = D.apply({"params": params, "spectral": d_spectral}, x,
                          class_labels(n_classes, y), update_sn=True, mutable=["spectral"])
       d_real, d_fake = out[:b], out[b:]
-      return d_loss_fn_(d_real, d_fake), (new["spectral"], d_real, d_fake)
+      return d_loss_fn_(d_real, d_fake), (new.get("spectral", {}), d_real, d_fake)
 
     (d_loss, (d_spectral, d_real, d_fake)), d_grads = jax.value_and_grad(
         d_loss_fn, has_aux=True)(d_params)
@@ -111,10 +111,12 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
   new_state = state.replace(step=state.step + 1, g=g, ema=ema, d=d_vars,
                             opt={"g": g_opt, "d": d_opt})
   metrics = {"d_loss": d_loss, "g_loss": g_loss,
-             "d_real": jnp.mean(d_real), "d_fake": jnp.mean(d_fake),
-             "g_sigma_mean": jnp.mean(_sigmas(g["spectral"])),
-             "d_sigma_mean": jnp.mean(_sigmas(d_spectral)),
-             "d_sigma_max": jnp.max(_sigmas(d_spectral))}
+             "d_real": jnp.mean(d_real), "d_fake": jnp.mean(d_fake)}
+  if m.g_sn:  # without SN (model.g_sn / d_sn False) there are no sigmas to report
+    metrics["g_sigma_mean"] = jnp.mean(_sigmas(g["spectral"]))
+  if m.d_sn:
+    metrics.update(d_sigma_mean=jnp.mean(_sigmas(d_spectral)),
+                   d_sigma_max=jnp.max(_sigmas(d_spectral)))
   for who, params in (("G", g["params"]), ("D", d_params)):
     for name, v in _named_leaves(params, "gamma").items():
       if "attention" in name:

@@ -52,6 +52,12 @@ def convert(kind: str, weights_dir: str, config: ml_collections.ConfigDict, sele
   if config.model.num_classes == 0:
     raise CheckpointError("config.model.num_classes is 0: only class-conditional SAGANs "
                           "(cBN + projection D) convert.")
+  if not (config.model.g_sn and config.model.d_sn) or config.model.g_residual \
+      or config.model.d_residual:
+    raise CheckpointError("config.model.g_sn/d_sn are off or g_residual/d_residual are set: "
+                          "the peers' SAGANs have SN on G and D and no residual control; "
+                          "convert with the defaults (model.g_sn=True, model.d_sn=True, "
+                          "model.g_residual=(), model.d_residual=()).")
   config_base.validate(config)
   models, template = state_lib.abstract_state(config)
   mm = module.model_map(src)

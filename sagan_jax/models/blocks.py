@@ -1,7 +1,9 @@
 """Residual blocks of SAGAN / BigGAN (Miyato & Koyama 2018 layout).
 
 GBlock         CBN -> ReLU -> up x2 -> SN-conv3x3 -> CBN -> ReLU -> SN-conv3x3,
-               shortcut: up x2 -> SN-conv1x1.
+               shortcut: up x2 -> SN-conv1x1; with upsample=False and the same
+               width (the paper's Table 1 "residual" control) no up x2 and an
+               identity shortcut.
 DBlock         ReLU -> SN-conv3x3 -> ReLU -> SN-conv3x3 -> [avgpool2],
                shortcut: SN-conv1x1 -> [avgpool2] when shape changes, else identity;
                with relu_shortcut the shortcut starts from ReLU(x), as StudioGAN's
@@ -34,11 +36,12 @@ class _SNConvFactory(nn.Module):
   sn_init_iters: int = 10
   dtype: Any = jnp.float32
   conv_impl: str = "xla"
+  use_sn: bool = True
 
   def conv(self, features: int, kernel_size: int, name: str) -> layers.SNConv:
     return layers.SNConv(features, kernel_size, weight_init=self.weight_init, sn_eps=self.sn_eps,
                          sn_init_iters=self.sn_init_iters, dtype=self.dtype,
-                         conv_impl=self.conv_impl, name=name)
+                         conv_impl=self.conv_impl, use_sn=self.use_sn, name=name)
 
 
 class GBlock(_SNConvFactory):
@@ -47,6 +50,7 @@ class GBlock(_SNConvFactory):
   bn_momentum: float = 0.9
   bn_eps: float = 1e-5
   bn_group_size: int = 0
+  upsample: bool = True
 
   def _bn(self, name):
     return layers.ConditionalBatchNorm(self.num_classes, self.bn_momentum, self.bn_eps,
@@ -54,11 +58,14 @@ class GBlock(_SNConvFactory):
 
   @nn.compact
   def __call__(self, x: jax.Array, labels: jax.Array | None, train: bool) -> jax.Array:
+    up = "up" if self.upsample else None
     h = nn.relu(self._bn("bn1")(x, labels, train))
-    h = self.conv(self.out_ch, 3, "conv1")(h, train, resample="up")
+    h = self.conv(self.out_ch, 3, "conv1")(h, train, resample=up)
     h = nn.relu(self._bn("bn2")(h, labels, train))
     h = self.conv(self.out_ch, 3, "conv2")(h, train)
-    sc = self.conv(self.out_ch, 1, "conv_sc")(x, train, resample="up")
+    sc = x
+    if self.upsample or x.shape[-1] != self.out_ch:
+      sc = self.conv(self.out_ch, 1, "conv_sc")(x, train, resample=up)
     return h + sc
 
 

@@ -1,5 +1,8 @@
 """SAGAN's building layers: spectral norm, SN conv/dense/embed, CBN, self-attention.
 
+Every SN layer takes `use_sn` (default True); with False it is the plain
+layer, with the same `params` and no `spectral` entries (model.g_sn/d_sn).
+
 Variable collections:
   params      trainable weights (kernels, biases, CBN tables, attention gamma)
   spectral    power-iteration state of every SN layer: `u` (left singular
@@ -118,6 +121,7 @@ class SNConv(nn.Module):
   sn_init_iters: int = 10
   dtype: Dtype = jnp.float32
   conv_impl: str = "xla"  # see sagan_jax.models.conv ('auto': chosen per shape)
+  use_sn: bool = True  # False: a plain conv (no `spectral` entries)
 
   @nn.compact
   def __call__(self, x: jax.Array, update_sn: bool, resample: str | None = None) -> jax.Array:
@@ -125,7 +129,8 @@ class SNConv(nn.Module):
     k = self.kernel_size
     kernel = self.param("kernel", kernel_init(self.weight_init),
                         (k, k, x.shape[-1], self.features), jnp.float32)
-    kernel = SpectralNorm(self.sn_eps, self.sn_init_iters, name="sn")(kernel, update_sn)
+    if self.use_sn:
+      kernel = SpectralNorm(self.sn_eps, self.sn_init_iters, name="sn")(kernel, update_sn)
     choose = functools.partial(conv_tune.resolve, self.conv_impl, dtype=self.dtype)
     y = conv.resampled_conv(x.astype(self.dtype), kernel.astype(self.dtype), choose, resample,
                             fuse=conv_tune.fuses_resampling(self.conv_impl))
@@ -144,12 +149,14 @@ class SNDense(nn.Module):
   sn_eps: float = 1e-12
   sn_init_iters: int = 10
   dtype: Dtype = jnp.float32
+  use_sn: bool = True  # False: a plain linear layer
 
   @nn.compact
   def __call__(self, x: jax.Array, update_sn: bool) -> jax.Array:
     kernel = self.param("kernel", kernel_init(self.weight_init),
                         (x.shape[-1], self.features), jnp.float32)
-    kernel = SpectralNorm(self.sn_eps, self.sn_init_iters, name="sn")(kernel, update_sn)
+    if self.use_sn:
+      kernel = SpectralNorm(self.sn_eps, self.sn_init_iters, name="sn")(kernel, update_sn)
     y = x.astype(self.dtype) @ kernel.astype(self.dtype)
     if self.use_bias:
       bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
@@ -169,13 +176,15 @@ class SNEmbed(nn.Module):
   weight_init: str = "glorot"
   sn_eps: float = 1e-12
   sn_init_iters: int = 10
+  use_sn: bool = True  # False: a plain embedding table
 
   @nn.compact
   def __call__(self, labels: jax.Array, update_sn: bool) -> jax.Array:
     table = self.param("embedding", kernel_init(self.weight_init),
                        (self.num_embeddings, self.features), jnp.float32)
-    table = SpectralNorm(self.sn_eps, self.sn_init_iters, transpose=True,
-                         name="sn")(table, update_sn)
+    if self.use_sn:
+      table = SpectralNorm(self.sn_eps, self.sn_init_iters, transpose=True,
+                           name="sn")(table, update_sn)
     return jax.nn.one_hot(labels, self.num_embeddings, dtype=jnp.float32) @ table
 
 
@@ -280,13 +289,15 @@ class SelfAttention(nn.Module):
   dtype: Dtype = jnp.float32
   conv_impl: str = "xla"
   attention_impl: str = "einsum"  # attention.IMPLS
+  use_sn: bool = True  # False: plain 1x1 convs
 
   @nn.compact
   def __call__(self, x: jax.Array, update_sn: bool) -> jax.Array:
     b, h, w, c = x.shape
     conv1x1 = lambda f, name: SNConv(  # noqa: E731
         f, 1, use_bias=False, weight_init=self.weight_init, sn_eps=self.sn_eps,
-        sn_init_iters=self.sn_init_iters, dtype=self.dtype, conv_impl=self.conv_impl, name=name)
+        sn_init_iters=self.sn_init_iters, dtype=self.dtype, conv_impl=self.conv_impl,
+        use_sn=self.use_sn, name=name)
     theta = conv1x1(c // 8, "theta")(x, update_sn).reshape(b, h * w, c // 8)
     phi = max_pool2(conv1x1(c // 8, "phi")(x, update_sn)).reshape(b, h * w // 4, c // 8)
     g = max_pool2(conv1x1(c // 2, "g")(x, update_sn)).reshape(b, h * w // 4, c // 2)

@@ -16,11 +16,15 @@ ImageNet 128x128, ch = 64 (the paper's model):
 
 Self-attention goes after the block whose output has a size listed in
 `g_attention` / `d_attention` (first such block in D when several share it).
+A size in `g_residual` / `d_residual` puts an extra residual block that keeps
+size and width at that same place, before any attention there (the paper's
+Table 1 "residual" control). `g_sn` / `d_sn` False: plain layers, no SN.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Sequence
 
 import jax
@@ -92,21 +96,26 @@ class Generator(nn.Module):
   dtype: Any = jnp.float32
   conv_impl: str = "xla"
   attention_impl: str = "einsum"
+  use_sn: bool = True
+  residual: Sequence[int] = ()
 
   @nn.compact
   def __call__(self, z: jax.Array, labels: jax.Array | None, train: bool) -> jax.Array:
     arch = architecture(self.resolution, self.ch)
     sn = dict(weight_init=self.weight_init, sn_eps=self.sn_eps, sn_init_iters=self.sn_init_iters,
-              dtype=self.dtype)
+              dtype=self.dtype, use_sn=self.use_sn)
     convs = dict(sn, conv_impl=self.conv_impl)
     c0 = arch.g_blocks[0].in_ch
     h = layers.SNDense(4 * 4 * c0, name="linear", **sn)(z, train)
     h = h.reshape(z.shape[0], 4, 4, c0)
+    gblock = functools.partial(blocks.GBlock, num_classes=self.num_classes,
+                               bn_momentum=self.bn_momentum, bn_eps=self.bn_eps,
+                               bn_group_size=self.bn_group_size, **convs)
     for k, spec in enumerate(arch.g_blocks):
-      h = blocks.GBlock(out_ch=spec.out_ch, num_classes=self.num_classes,
-                        bn_momentum=self.bn_momentum, bn_eps=self.bn_eps,
-                        bn_group_size=self.bn_group_size, name=f"block{k + 1}",
-                        **convs)(h, labels, train)
+      h = gblock(out_ch=spec.out_ch, name=f"block{k + 1}")(h, labels, train)
+      if spec.out_res in self.residual:
+        h = gblock(out_ch=spec.out_ch, upsample=False,
+                   name=f"residual{spec.out_res}")(h, labels, train)
       if spec.out_res in self.attention:
         h = layers.SelfAttention(name=f"attention{spec.out_res}",
                                  attention_impl=self.attention_impl, **convs)(h, train)
@@ -128,15 +137,17 @@ class Discriminator(nn.Module):
   dtype: Any = jnp.float32
   conv_impl: str = "xla"
   attention_impl: str = "einsum"
+  use_sn: bool = True
+  residual: Sequence[int] = ()
 
   @nn.compact
   def __call__(self, x: jax.Array, labels: jax.Array | None, update_sn: bool) -> jax.Array:
     arch = architecture(self.resolution, self.ch)
     sn = dict(weight_init=self.weight_init, sn_eps=self.sn_eps, sn_init_iters=self.sn_init_iters,
-              dtype=self.dtype)
+              dtype=self.dtype, use_sn=self.use_sn)
     convs = dict(sn, conv_impl=self.conv_impl)
     h = x.astype(self.dtype)
-    attended = set()
+    attended, extra = set(), set()
     for k, spec in enumerate(arch.d_blocks):
       if k == 0:
         h = blocks.OptimizedDBlock(out_ch=spec.out_ch, name="block1", **convs)(h, update_sn)
@@ -144,6 +155,10 @@ class Discriminator(nn.Module):
         h = blocks.DBlock(out_ch=spec.out_ch, downsample=spec.downsample,
                           relu_shortcut=self.relu_shortcut, name=f"block{k + 1}",
                           **convs)(h, update_sn)
+      if spec.out_res in self.residual and spec.out_res not in extra:
+        extra.add(spec.out_res)
+        h = blocks.DBlock(out_ch=spec.out_ch, downsample=False, relu_shortcut=self.relu_shortcut,
+                          name=f"residual{spec.out_res}", **convs)(h, update_sn)
       if spec.out_res in self.attention and spec.out_res not in attended:
         attended.add(spec.out_res)
         h = layers.SelfAttention(name=f"attention{spec.out_res}",
@@ -153,7 +168,7 @@ class Discriminator(nn.Module):
     if self.num_classes > 0:
       embed = layers.SNEmbed(self.num_classes, h.shape[-1], weight_init=self.weight_init,
                              sn_eps=self.sn_eps, sn_init_iters=self.sn_init_iters,
-                             name="embed")(labels, update_sn)
+                             use_sn=self.use_sn, name="embed")(labels, update_sn)
       out = out + jnp.sum(embed * h, axis=-1)
     return out
 
@@ -165,7 +180,8 @@ def generator_from_config(m, dtype=None) -> Generator:
                    weight_init=m.init, sn_eps=m.sn_eps, sn_init_iters=m.sn_init_iters,
                    bn_momentum=m.bn_momentum, bn_eps=m.bn_eps,
                    bn_group_size=m.bn_group_size, dtype=dtype or jnp.dtype(m.dtype),
-                   conv_impl=m.conv_impl, attention_impl=m.attention_impl)
+                   conv_impl=m.conv_impl, attention_impl=m.attention_impl,
+                   use_sn=m.g_sn, residual=tuple(m.g_residual))
 
 
 def discriminator_from_config(m, dtype=None) -> Discriminator:
@@ -174,4 +190,5 @@ def discriminator_from_config(m, dtype=None) -> Discriminator:
                        attention=tuple(m.d_attention), relu_shortcut=m.d_relu_shortcut,
                        weight_init=m.init, sn_eps=m.sn_eps, sn_init_iters=m.sn_init_iters,
                        dtype=dtype or jnp.dtype(m.dtype), conv_impl=m.conv_impl,
-                       attention_impl=m.attention_impl)
+                       attention_impl=m.attention_impl, use_sn=m.d_sn,
+                       residual=tuple(m.d_residual))
