@@ -58,6 +58,10 @@ RULES = [  # (pattern searched in the command, treatment, why)
      "the StudioGAN checkpoint shipped as a test fixture: seconds"),
     (r"gs://|imagenet128|cifar10|--config folder|configs/folder\.py", "parse",
      "needs an accelerator, a prepared dataset or a bucket"),
+    (r"on_collapse=", "parse", "a run driven into collapse on purpose, minutes "
+     "(tests/test_collapse.py forces one)"),
+    (SAGAN + r"(\.sweep\b| sweep\b)", "parse", "trains one run per variant and seed, minutes "
+     "each (tests/test_sweep.py runs a sweep of the tiny config)"),
     (SAGAN + r"(\.main\b| train\b).*--config (configs/)?(digits|tiny)", "short",
      "trains for minutes"),
     (r"runs/imagenet128|refs/|samples\.npz|real\.npz", "parse",
