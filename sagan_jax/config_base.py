@@ -354,6 +354,9 @@ def _validate_small_data(c: ml_collections.ConfigDict) -> None:
   _check(0 <= o.lecam_decay < 1, "optim.lecam_decay", o.lecam_decay, "must be in [0, 1)")
   _check(isinstance(d.examples_per_class, int) and d.examples_per_class >= 0,
          "data.examples_per_class", d.examples_per_class, "must be an integer >= 0 (0 = all)")
+  _check(d.examples_per_class == 0 or d.source != "tfds", "data.examples_per_class",
+         d.examples_per_class, "is not supported for data.source='tfds' (TFDS streams in a "
+         "shuffled file order); write the images to a class-subfolder tree and use 'folder'")
   classes = tuple(d.classes)
   _check(all(isinstance(k, int) and k >= 0 for k in classes) and
          len(set(classes)) == len(classes), "data.classes", classes,

@@ -305,6 +305,14 @@ def _json_value(v):
   return v
 
 
+def _run_classes() -> tuple[int, ...] | None:
+  """data.classes of the run in --workdir (None: all classes, or --samples)."""
+  if not FLAGS.workdir:
+    return None
+  from sagan_jax import checkpointing
+  return tuple(checkpointing.read_config(FLAGS.workdir).data.classes) or None
+
+
 def evaluate() -> dict:
   from sagan_jax.evaluation import metrics
   images, labels = _samples()
@@ -336,7 +344,10 @@ def evaluate() -> dict:
       reference = _load_images_npz(FLAGS.digits_reference, "--digits_reference")
       if reference[1] is None:
         raise app.UsageError("--digits_reference needs 'labels'")
-    ds = digits_score(images, labels, reference=reference)
+    classes = _run_classes()
+    if classes:   # a run on data.classes: model label k is digit classes[k]
+      labels = np.asarray(classes)[labels]
+    ds = digits_score(images, labels, reference=reference, classes=classes)
     for k in ("accuracy", "frechet", "diversity", "per_class_accuracy", "per_class_diversity"):
       result[f"digits_{k}"] = ds[k]
   return result
