@@ -108,6 +108,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if start != planned:   # fell back past a damaged checkpoint
     source = make_source(start)
   state = restored.state if restored else create_state(models, config, mesh)
+  if not restored and config.init_from:   # a fine-tuning run's first start
+    from sagan_jax import finetune
+    state = finetune.init_from(config, state, mesh)
   rollbacks = restored.rollbacks if restored else 0
   # The first cross-process transfer (it sets up the CPU collectives, which give up after
   # 30 s): here, while the processes are in step, not after the chief's writer set-up.
