@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+from etils import epath
 
 from sagan_jax import checkpointing, parallel, utils
 from sagan_jax.errors import CheckpointError, ConfigError
@@ -97,7 +98,13 @@ def init_from(config, fresh: TrainState, mesh) -> TrainState:
   """`fresh` (a new run's state) with G, EMA and D from config.init_from (see module doc)."""
   source = config.init_from
   run_dir, step = parse(source)
-  old = checkpointing.load(run_dir, step=step, mesh=parallel.make_mesh(1))
+  if not epath.Path(run_dir).exists():
+    raise CheckpointError(f"config.init_from={source!r}: {run_dir} does not exist; give the "
+                          "directory of a training run (or of a converted checkpoint).")
+  try:
+    old = checkpointing.load(run_dir, step=step, mesh=parallel.make_mesh(1))
+  except CheckpointError as e:
+    raise CheckpointError(f"config.init_from={source!r}: {e}") from None
   tables = _tables(config, old.config.model.num_classes, source)
   host_old, host_new = jax.device_get(old.state), jax.device_get(fresh)
   cmap = tuple(config.init_class_map)

@@ -56,7 +56,7 @@ def make_source(config, *, process_index: int = 0, process_count: int = 1,
   imgs, labels = load(res)
   num_classes = NUM_CLASSES
   if subset.active(config.data):
-    keep, labels = subset.select(labels, NUM_CLASSES, config.data, "the digits")
+    keep, labels = subset.select(labels, NUM_CLASSES, config.data, "the digits data")
     imgs, num_classes = imgs[keep], subset.num_classes(config.data, NUM_CLASSES)
   gbs = config.batch_size
   lbs = local_batch_size(gbs, process_count)
