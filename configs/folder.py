@@ -8,8 +8,10 @@ local or gs://; JPEG, PNG, GIF, BMP or WebP of any size, gray or RGBA included
 (see docs/data.md). Unconditional by default, so any folder works; for a
 class-conditional model set K = the number of class subfolders (a wrong K
 stops at start-up with the value to set). 128x128 with attention at 64x64 as
-the paper; for 64x64 add --config.model.resolution=64
---config.model.g_attention='(32,)' --config.model.d_attention='(32,)'.
+the paper; --config.model.resolution takes 16, 32, 64, 128 or 256 (images are
+resized to it), with attention at a feature-map size of that model, e.g. for
+64x64 add --config.model.resolution=64 --config.model.g_attention='(32,)'
+--config.model.d_attention='(32,)' (a wrong size stops with the allowed ones).
 
 Expect: PNG grids in runs/folder/samples every 1000 steps and checkpoints
 every 5000 (resume by rerunning). This is an accelerator job (128x128, ch 64:

@@ -5,7 +5,12 @@ and sample from (see `sagan_jax.api`); it is imported on first use, so
 `import sagan_jax` stays light.
 """
 
-__version__ = "0.1.0"
+from importlib import metadata as _metadata
+
+try:
+  __version__ = _metadata.version("sagan-jax")   # pyproject.toml's, once installed
+except _metadata.PackageNotFoundError:           # a checkout used without `pip install`
+  __version__ = "0+unknown"
 
 
 def __getattr__(name):

@@ -42,7 +42,8 @@ _ARCH_FIELDS = ("resolution", "ch", "d_ch", "z_dim", "num_classes", "g_attention
 
 
 def checkpoint_dir(workdir: str) -> epath.Path:
-  return epath.Path(workdir) / "checkpoints"
+  """WORKDIR/checkpoints, absolute (Orbax refuses relative paths; gs:// stays as it is)."""
+  return epath.Path(integrity.resolve_workdir(workdir)) / "checkpoints"
 
 
 @jax.jit
@@ -102,7 +103,15 @@ def _load_step(step_dir: epath.Path, template_fn: Callable, config) -> Restored:
   saved, unverified = _verified_config(step_dir)
   if config is not None:
     _check_compatible(saved, config, str(step_dir.parent.parent))
-  state = _restore_arrays(step_dir, template_fn(saved))
+  try:
+    state = _restore_arrays(step_dir, template_fn(saved))
+  except _Damaged as e:
+    if unverified:
+      raise
+    # Its files match the manifest byte for byte: the checkpoint is whole, so this is not
+    # damage to skip past (an older one would fail the same way), but a reader problem.
+    raise CheckpointError(f"checkpoint {step_dir} is intact (every file matches its "
+                          f"{integrity.MANIFEST}) but could not be restored: {e}.") from None
   if not all_finite(state):
     raise _Damaged("it holds NaN/Inf values")
   meta = _read_json(step_dir, "meta") if (step_dir / "meta").exists() else {}
@@ -179,6 +188,7 @@ def load(workdir: str, step: int | None = None, mesh=None) -> Restored:
   evaluate): the same checks and fallback as a resumed training run.
   """
   from sagan_jax import parallel, state as state_lib
+  workdir = integrity.resolve_workdir(workdir)
   mesh = mesh if mesh is not None else parallel.make_mesh(1)
   restored = find(workdir, lambda saved: state_lib.abstract_state(saved, mesh)[1], step=step)
   if restored is None:
@@ -201,7 +211,7 @@ class Checkpointer:
   """
 
   def __init__(self, workdir: str, config: ml_collections.ConfigDict):
-    self.workdir = workdir
+    self.workdir = integrity.resolve_workdir(workdir)
     self.config = config
     self.dir = checkpoint_dir(workdir)
     self._saver: ocp.AsyncCheckpointer | None = None
@@ -332,7 +342,8 @@ class BestCheckpointer:
     self.config = config
     options = ocp.CheckpointManagerOptions(
         max_to_keep=1, create=True, best_fn=lambda metrics: metrics["value"], best_mode=mode)
-    self.mngr = ocp.CheckpointManager(epath.Path(workdir) / "checkpoints_best", options=options,
+    best_dir = epath.Path(integrity.resolve_workdir(workdir)) / "checkpoints_best"
+    self.mngr = ocp.CheckpointManager(best_dir, options=options,
                                       item_names=("state", "config"))
 
   def save(self, step: int, state, value: float) -> None:
@@ -349,6 +360,7 @@ class BestCheckpointer:
 
 def read_config(workdir: str, step: int | None = None) -> ml_collections.ConfigDict:
   """The config stored with a checkpoint (default: the newest one whose files verify)."""
+  workdir = integrity.resolve_workdir(workdir)
   cdir = checkpoint_dir(workdir)
   steps = integrity.list_dir(cdir).steps
   config = _first_usable(cdir, _candidates(cdir, steps, step), step is not None,

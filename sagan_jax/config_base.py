@@ -131,8 +131,48 @@ def merge_onto_defaults(saved: dict) -> ml_collections.ConfigDict:
   return base
 
 
+def builtin_configs_dir() -> str | None:
+  """Where the built-in configs are: the checkout's `configs/` (source tree or `pip install -e
+  .`), else the installed package's `sagan_jax/configs` (`pip install .`); None if neither."""
+  here = os.path.dirname(os.path.abspath(__file__))
+  checkout = os.path.join(os.path.dirname(here), "configs")
+  if os.path.isfile(os.path.join(checkout, "digits.py")):
+    return checkout
+  spec = importlib.util.find_spec("sagan_jax.configs")
+  if spec is not None and spec.submodule_search_locations:
+    return list(spec.submodule_search_locations)[0]
+  return None
+
+
+def builtin_names() -> list[str]:
+  """The built-in config names (`digits`, `tiny`, `imagenet128`, ...)."""
+  where = builtin_configs_dir()
+  if where is None:
+    return []
+  return sorted(f[:-3] for f in os.listdir(where) if f.endswith(".py") and f[0] != "_")
+
+
+def resolve_spec(spec: str) -> str:
+  """A --config value as a file path: `digits`, `imagenet128:official` (a built-in config's
+  name, from any directory) or `path/to/config.py[:variant]` (as given).
+
+  A path that exists wins over a built-in name; a name that is neither is a ConfigError
+  listing the built-in configs.
+  """
+  path, colon, variant = spec.partition(":")
+  if os.path.isfile(path) or os.sep in path or path.endswith(".py") or not path:
+    return spec
+  where = builtin_configs_dir()
+  if where is None or path not in builtin_names():
+    raise ConfigError(f"--config {spec!r}: no such file, and not a built-in config name "
+                      f"(built-in: {', '.join(builtin_names()) or 'none found'}; or give a "
+                      "path like configs/digits.py).")
+  return os.path.join(where, f"{path}.py") + colon + variant
+
+
 def load(spec: str, overrides: dict | None = None) -> ml_collections.ConfigDict:
-  """The ConfigDict of a config file, `path/to/config.py[:variant]`, with overrides.
+  """The ConfigDict of a config, `path/to/config.py[:variant]` or a built-in name
+  (`digits`, `imagenet128:official`; see `resolve_spec`), with overrides.
 
   overrides: {'model.ch': 16, ...} set after loading (dotted field names); a
   string value for a non-string field is parsed as that field's type
@@ -140,7 +180,7 @@ def load(spec: str, overrides: dict | None = None) -> ml_collections.ConfigDict:
   Every mistake (no such file, a syntax error, no get_config, an unknown
   field, a value of the wrong type) is a ConfigError saying which.
   """
-  path, _, variant = spec.partition(":")
+  path, _, variant = resolve_spec(spec).partition(":")
   config = _call_get_config(_import_file(path), path, variant)
   for key, value in (overrides or {}).items():
     node, leaf = field(config, key)

@@ -5,11 +5,15 @@ r"""Parameter table, FLOPs and memory of a config, without training.
 
 Prints a per-module parameter table, then, as the last line, one JSON
 object: generator_params / discriminator_params (trainable), the SN and BN
-state sizes, and (unless --no_compile) train_gflops_per_image and
+state sizes, and (unless --nocompile) train_gflops_per_image and
 g_forward_gflops_per_image from XLA's cost analysis of the compiled step.
 With --mesh N the step is compiled for N devices (virtual CPU devices when
 there is no accelerator) and the per-device memory XLA plans is reported, so
-you know whether a batch fits before launching.
+you know whether a batch fits before launching. The FLOPs are those of the
+convolutions `model.conv_impl` picks on this platform (on a CPU, `auto`'s fused
+rewrites do fewer than an accelerator's plain convolutions; add
+`--config.model.conv_impl=xla` to count those); the JSON says which (`conv_impl`,
+`platform`). `sagan-jax describe ...` is the same command.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import json
 
 from absl import app, flags
 
-from sagan_jax import utils
+from sagan_jax import errors, utils
 
 FLAGS = flags.FLAGS
 
@@ -89,6 +93,12 @@ def describe(config, batch: int | None = None, mesh_size: int = 0,
   print(f"{'G total (trainable)':<{width}}  {info['generator_params']:>14,}")
   print(f"{'D total (trainable)':<{width}}  {info['discriminator_params']:>14,}")
   if compile_flops:
+    import jax
+    info.update({"conv_impl": config.model.conv_impl, "platform": jax.default_backend()})
+    print(f"FLOPs below: model.conv_impl={config.model.conv_impl} on {jax.default_backend()}"
+          + (" (CPU rewrites: fewer FLOPs than an accelerator's convolutions; "
+             "--config.model.conv_impl=xla counts those)"
+             if jax.default_backend() == "cpu" and config.model.conv_impl != "xla" else ""))
     n_dev = mesh.devices.size
     batch = batch or config.batch_size
     parallel.check_batch_size(batch, mesh)
@@ -118,20 +128,25 @@ def describe(config, batch: int | None = None, mesh_size: int = 0,
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  errors.check_flag(FLAGS.batch is None or FLAGS.batch >= 1, "batch", FLAGS.batch,
+                    "must be a positive integer (default: the config's batch_size)")
+  errors.check_flag(FLAGS.mesh >= 0, "mesh", FLAGS.mesh,
+                    "must be an integer >= 0 (0: all visible devices)")
   import jax
   if FLAGS.mesh:
     # Virtual devices only matter (and only work) before the CPU backend starts.
     jax.config.update("jax_num_cpu_devices", FLAGS.mesh)
-  info = describe(FLAGS.config, FLAGS.batch, FLAGS.mesh, not FLAGS.no_compile)
+  info = describe(FLAGS.config, FLAGS.batch, FLAGS.mesh, FLAGS.compile)
   print(json.dumps(info))
 
 
 if __name__ == "__main__":
-  from ml_collections import config_flags
-  config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
+  utils.define_config_flag("Config: a built-in name (digits, imagenet128:official, ...) or a "
+                           "file (configs/*.py[:variant]).")
   flags.DEFINE_integer("batch", None, "Global batch to compile for (default: config's).")
   flags.DEFINE_integer("mesh", 0, "Compile for this many devices (0: all visible). "
                        "On CPU, that many virtual devices are created.")
-  flags.DEFINE_bool("no_compile", False, "Only count parameters (no XLA compile).")
+  flags.DEFINE_bool("compile", True, "Compile the train step for FLOPs and memory "
+                    "(--nocompile: only count parameters).")
   flags.mark_flag_as_required("config")
   utils.run(main)

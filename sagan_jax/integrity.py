@@ -35,6 +35,19 @@ ITEMS = ("state", "config", "meta")  # the saved items (subdirectories of a step
 _CHUNK = 4 << 20
 
 
+def resolve_workdir(workdir: str) -> str:
+  """`workdir` as every later step uses it: `~` expanded and made absolute; remote URLs as given.
+
+  Orbax refuses relative paths, so each place a workdir enters sagan_jax (the
+  commands, `train_and_evaluate`, `sagan_jax.load`, the checkpointer) calls
+  this first. `gs://bucket/run` and other `scheme://` paths are left alone.
+  """
+  workdir = os.fspath(workdir)
+  if "://" in workdir:
+    return workdir
+  return os.path.abspath(os.path.expanduser(workdir))
+
+
 def check_workdir(workdir: str) -> None:
   """Raises CheckpointError if `workdir` cannot hold a run; creates and writes nothing.
 
@@ -176,7 +189,10 @@ def save_failed(step: int, cdir: epath.Path, e: BaseException) -> errors.Checkpo
   done = [s for s in list_dir(cdir).steps if s < step]
   kept = (f"the checkpoints already written are intact; a rerun resumes from step {done[-1]}"
           if done else "no earlier checkpoint exists")
+  # Only a storage error is told to free space; any other cause is named as it is.
+  todo = ("Free space (or fix the filesystem) and rerun the same command." if reason else
+          "Fix the cause above and rerun the same command.")
   return errors.CheckpointError(
-      f"saving checkpoint step {step} in {cdir} failed: {reason or 'write error'} "
+      f"saving checkpoint step {step} in {cdir} failed: {reason or 'error'} "
       f"({type(e).__name__}: {text[:300]}). Training stopped rather than run on without "
-      f"checkpoints; {kept}. Free space (or fix the filesystem) and rerun the same command.")
+      f"checkpoints; {kept}. {todo}")

@@ -1,5 +1,6 @@
-r"""Train or resume SAGAN.
+r"""Train or resume SAGAN (`sagan-jax train` is the same command).
 
+  sagan-jax train --config digits --workdir runs/digits
   python -m sagan_jax.main --config configs/digits.py --workdir runs/digits
   python -m sagan_jax.main --config configs/imagenet128.py --workdir gs://bucket/run \
       --config.batch_size=512
@@ -18,15 +19,16 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags
-from ml_collections import config_flags
 
 from sagan_jax import utils
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "Directory (or gs:// path) for checkpoints, "
-                    "TensorBoard logs and sample grids.")
+utils.define_config_flag("Config: a built-in name (digits, tiny, imagenet128, "
+                         "imagenet128:official, cifar10, folder) or a file "
+                         "(configs/*.py[:variant]).")
+flags.DEFINE_string("workdir", None, "Directory (relative, absolute, ~/..., or gs://) for "
+                    "checkpoints, TensorBoard logs and sample grids; rerun with the same one "
+                    "to resume.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -37,14 +39,15 @@ def main(argv):
   from sagan_jax import config_base, cpu_devices, distributed, integrity
   # Checked here before jax.distributed waits for the other hosts (up to minutes);
   # train_and_evaluate checks again for callers that use it as a library.
+  workdir = integrity.resolve_workdir(FLAGS.workdir)
   config_base.validate(FLAGS.config)
-  integrity.check_workdir(FLAGS.workdir)
+  integrity.check_workdir(workdir)
   plan = distributed.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
   cpu_devices.configure(FLAGS.config.batch_size, FLAGS.config.mesh.num_devices, plan.init)
   import jax
   from sagan_jax import train
   utils.say("sagan_jax: JAX %s, %s", jax.__version__, distributed.describe())
-  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  train.train_and_evaluate(FLAGS.config, workdir)
 
 
 def _define_distributed_flags():

@@ -5,10 +5,10 @@ r"""Images from a trained run (EMA generator by default).
   python -m sagan_jax.sample --workdir runs/digits --out t.png --truncation=0.5
   python -m sagan_jax.sample --workdir runs/digits --interpolate interp.png --steps 8
   python -m sagan_jax.sample --workdir runs/digits --attention attn.png --queries=4:4,8:8
-  python -m sagan_jax.sample --workdir runs/digits --npz samples.npz --num 1000
+  python -m sagan_jax.sample --workdir runs/digits --npz samples.npz --num_samples 1000
   python -m sagan_jax.sample --workdir runs/digits --out grid.png --standing_stats 16
 
-The grid has one row per class. `--interpolate` writes one row per class
+`sagan-jax sample ...` is the same command. The grid has one row per class. `--interpolate` writes one row per class
 walking linearly between two noise vectors; `--attention` writes, for each
 sample, the image and where G's self-attention looks from each query pixel
 (the SAGAN paper's Figure 5). `--npz` writes `images` (uint8 N x H x W x 3)
@@ -19,12 +19,14 @@ passes (BigGAN's standing statistics). Python code: `sagan_jax.load(workdir)`.
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from sagan_jax import api, exploration, images, utils
+from sagan_jax import api, errors, exploration, images, utils
 from sagan_jax.sampling import balanced_labels
 from sagan_jax.state import generator_variables
 
@@ -75,6 +77,26 @@ def write_attention(run: api.Run, classes, use_ema):
   utils.say(f"wrote {FLAGS.attention}: {n} samples x {len(queries)} query points, layer {name}")
 
 
+def check_flags() -> None:
+  """Every numeric flag in its range, before anything is loaded or written."""
+  check = errors.check_flag
+  for name in ("per_class", "num_samples", "batch_size", "attention_samples"):
+    check(FLAGS[name].value >= 1, name, FLAGS[name].value, "must be a positive integer")
+  for name in ("standing_stats", "scale"):
+    check(FLAGS[name].value >= 0, name, FLAGS[name].value, "must be an integer >= 0")
+  check(0 <= FLAGS.seed < 2**31, "seed", FLAGS.seed, "must be an integer in [0, 2**31)")
+  check(FLAGS.step is None or FLAGS.step >= 0, "step", FLAGS.step,
+        "must be a checkpoint step >= 0 (default: the newest)")
+  check(FLAGS.steps >= 2, "steps", FLAGS.steps, "must be >= 2 (both ends of the line)")
+  check(FLAGS.truncation is None or FLAGS.truncation > 0, "truncation", FLAGS.truncation,
+        "must be > 0 (e.g. 0.5; leave it out for no truncation)")
+  for name in ("out", "npz", "interpolate", "attention"):
+    path = FLAGS[name].value
+    if path and "://" not in path:
+      parent = os.path.dirname(os.path.abspath(path))
+      check(os.path.isdir(parent), name, path, f"its directory {parent} does not exist")
+
+
 @utils.cli_main
 def main(argv):
   if len(argv) > 1:
@@ -82,9 +104,10 @@ def main(argv):
   if not (FLAGS.out or FLAGS.npz or FLAGS.interpolate or FLAGS.attention):
     raise app.UsageError("give --out grid.png, --npz samples.npz, --interpolate interp.png "
                          "or --attention attn.png")
+  check_flags()
   run = api.load(FLAGS.workdir, FLAGS.step)
   m = run.config.model
-  use_ema = not FLAGS.no_ema
+  use_ema = FLAGS.ema
   if FLAGS.standing_stats:
     run = run.with_standing_stats(FLAGS.standing_stats, FLAGS.batch_size, FLAGS.seed, use_ema)
     utils.say(f"standing statistics: G's BN statistics from {FLAGS.standing_stats} passes of "
@@ -112,8 +135,8 @@ def main(argv):
   if FLAGS.attention:
     write_attention(run, classes, use_ema)
   if FLAGS.npz:
-    labels = balanced_labels(FLAGS.num, m.num_classes)
-    imgs = run.sample(FLAGS.num, FLAGS.seed, labels, use_ema, FLAGS.batch_size)
+    labels = balanced_labels(FLAGS.num_samples, m.num_classes)
+    imgs = run.sample(FLAGS.num_samples, FLAGS.seed, labels, use_ema, FLAGS.batch_size)
     with open(FLAGS.npz, "wb") as f:
       np.savez(f, images=imgs, labels=labels)
     utils.say(f"wrote {FLAGS.npz}: images {imgs.shape} uint8, labels {labels.shape}")
@@ -126,10 +149,10 @@ if __name__ == "__main__":
                       "(default: the first 10 classes).")
   flags.DEFINE_integer("per_class", 10, "Samples per class (grid columns).")
   flags.DEFINE_integer("seed", 0, "Noise seed.")
-  flags.DEFINE_bool("no_ema", False, "Use the raw generator instead of its EMA.")
+  flags.DEFINE_bool("ema", True, "Sample with the EMA generator (--noema: the raw G).")
   flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
-  flags.DEFINE_string("npz", None, "Write N samples to this .npz (images, labels).")
-  flags.DEFINE_integer("num", 1000, "Number of samples for --npz.")
+  flags.DEFINE_string("npz", None, "Write --num_samples samples to this .npz (images, labels).")
+  flags.DEFINE_integer("num_samples", 1000, "Number of samples for --npz.")
   flags.DEFINE_integer("batch_size", 100, "Generation batch size.")
   flags.DEFINE_integer("standing_stats", 0, "Recompute G's BN statistics from N train-mode "
                        "passes of --batch_size samples first (BigGAN's standing statistics); "

@@ -19,6 +19,7 @@ from typing import Callable
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 
 from sagan_jax import (checkpointing, config_base, errors, images, integrity, parallel, profiling,
                        sampling, utils)
@@ -79,11 +80,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   preempted; used by tests of resumption.
   """
   # Every check that needs no data, compile or write comes first.
+  workdir = integrity.resolve_workdir(workdir)
   config_base.validate(config)
   integrity.check_workdir(workdir)
   mesh = mesh if mesh is not None else parallel.make_mesh(config.mesh.num_devices)
   parallel.check_batch_size(config.batch_size, mesh)
-  from clu import metric_writers  # (imports TensorFlow: every process, before they sync)
+  from sagan_jax import tf_setup
+  tf_setup.import_tf()   # TensorFlow (clu's writers, the data) quietly, every process, in step
+  from clu import metric_writers
 
   from sagan_jax import data as data_lib
   from sagan_jax.evaluation import evaluators
@@ -167,13 +171,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     rng, source = step_rng(config, mesh, rollbacks), make_source(back.step)
 
   end = config.total_steps if stop_after is None else min(stop_after, config.total_steps)
-  utils.say("Training %s: steps %d -> %d, global batch %d on %d devices (%d processes).",
-            workdir, start, end, config.batch_size, mesh.devices.size, jax.process_count())
+  if start >= config.total_steps:
+    utils.say("%s is already trained to step %d (config.total_steps=%d): nothing to do. To "
+              "train on, rerun the same command with a larger --config.total_steps (e.g. "
+              "--config.total_steps=%d).", workdir, start, config.total_steps, 2 * start)
+  else:
+    utils.say("Training %s: steps %d -> %d, global batch %d on %d devices (%d processes).",
+              workdir, start, end, config.batch_size, mesh.devices.size, jax.process_count())
   last_ckpt = start if restored else None
   t_log, step_log = time.time(), start
   t_start = time.time()
   step = start
   profiler = profiling.StepProfiler(config.profile_steps, workdir)
+  failed = False
   try:
     with utils.Preemption() as preempt:
       while step < end:
@@ -216,16 +226,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                     "to resume.", step)
           break
   except BaseException:
+    failed = True
     ckpt.finish(raise_errors=False)  # a started save completes; the first error is reported
     raise
   else:
     ckpt.finish()
   finally:
-    profiler.close()
     # Orbax's background threads stop here, while their event loops still run: left to
     # interpreter exit, a failed save's could print a traceback after the error message.
-    ckpt.close()
-    if best is not None:
-      best.wait()
-    writer.close()
+    _shut_down([profiler.close, ckpt.close, best.wait if best else None, writer.close],
+               quiet=failed)
   return state
+
+
+def _shut_down(closers: list, quiet: bool) -> None:
+  """Calls each closer. After a failure (quiet) their errors are logged, never raised, so the
+  error that stopped the run stays the one message; otherwise the first is raised at the end."""
+  first = None
+  for close in filter(None, closers):
+    try:
+      close()
+    except Exception as e:  # noqa: BLE001 - reported below or logged
+      logging.info("while shutting down (%s): %s", getattr(close, "__qualname__", close), e,
+                   exc_info=e)
+      first = first or e
+  if first is not None and not quiet:
+    raise first

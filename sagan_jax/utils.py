@@ -19,6 +19,10 @@ from absl import app, flags, logging
 
 from sagan_jax import errors
 
+# Flags this module defines for a command (define_config_flag) belong to that command's
+# module, so they show in its --help.
+flags.disclaim_key_flags()
+
 
 def say(msg: str, *args, err: bool = False) -> None:
   """One line of human-readable progress (chief process only); stderr with err=True."""
@@ -56,32 +60,84 @@ def run(main: Callable[[list[str]], Any], define_flags: Callable[[], None] | Non
   app.run(main, flags_parser=functools.partial(parse_flags, define_flags=define_flags))
 
 
+_HELP_ARGS = ("--help", "-help", "-?", "--helpshort", "-helpshort", "--helpfull", "-helpfull")
+
+
 def parse_flags(argv: list[str], define_flags: Callable[[], None] | None = None) -> list[str]:
   """absl's flag parsing, where a mistake prints one `error: ...` line and exits 2.
 
-  The --config file and the fields its `--config.<field>` overrides name are
-  checked first (config_base.load: missing file, syntax error, no get_config,
-  unknown field), so that ml_collections' config flags, which parse them
-  again, never raise their tracebacks; a flag value of the wrong type is
-  absl's flags.Error. Runs before the command imports anything heavy. Sets
-  absl's verbosity to WARNING unless -v is given.
+  `--config NAME` (a built-in config such as `digits` or `imagenet128:official`)
+  becomes that file's path. The --config file and the fields its
+  `--config.<field>` overrides name are checked first (config_base.load:
+  missing file, syntax error, no get_config, unknown field), so that
+  ml_collections' config flags, which parse them again, never raise their
+  tracebacks; a flag value of the wrong type is absl's flags.Error. Runs
+  before the command imports anything heavy. `--help` (or `-h`) prints the
+  command's flags and exits 0. Sets absl's verbosity to WARNING unless -v is given.
   """
-  spec, fields = config_args(argv)
+  from sagan_jax import config_base
+  argv = ["--help" if a == "-h" else a for a in argv]
+  asks_help = any(a in _HELP_ARGS for a in argv[1:])
   try:
-    if spec is not None and "config" in flags.FLAGS:
-      from sagan_jax import config_base
-      config = config_base.load(spec)
-      for name in fields:
-        config_base.field(config, name)
+    argv = _with_config_path(argv)
+    checked = _check_config_args(argv, config_base)
     if define_flags is not None:
       define_flags()
-    argv = flags.FLAGS(argv)
+    if not checked:
+      _check_config_args(argv, config_base)
+    try:
+      argv = flags.FLAGS(argv)
+    except SystemExit as e:   # absl's --help exits 1
+      if asks_help and e.code in (0, 1):
+        sys.exit(0)
+      raise
   except (errors.UserError, flags.Error) as e:
     fail(e)
   if not flags.FLAGS["verbosity"].present:
     # One message per event on the console; library INFO chatter (Orbax, clu) with -v 0.
     logging.set_verbosity(logging.WARNING)
   return argv
+
+
+def _with_config_path(argv: list[str]) -> list[str]:
+  """`argv` with the --config value as a file path (a built-in config name resolved)."""
+  from sagan_jax import config_base
+  out = list(argv)
+  for i, arg in enumerate(out[1:], start=1):
+    if arg == "--":
+      break
+    if arg in ("--config", "-config") and i + 1 < len(out):
+      out[i + 1] = config_base.resolve_spec(out[i + 1])
+      break
+    if arg.startswith(("--config=", "-config=")):
+      flag, _, spec = arg.partition("=")
+      out[i] = f"{flag}={config_base.resolve_spec(spec)}"
+      break
+  return out
+
+
+def _check_config_args(argv: list[str], config_base) -> bool:
+  """Loads the --config file and checks its override field names, if the command has --config.
+
+  Returns whether the check ran (False: no --config flag defined yet, or none given).
+  """
+  spec, fields = config_args(argv)
+  if spec is None or "config" not in flags.FLAGS:
+    return False
+  config = config_base.load(spec)
+  for name in fields:
+    config_base.field(config, name)
+  return True
+
+
+def define_config_flag(help_text: str, lock_config: bool = True) -> None:
+  """The `--config` flag of a command: a config file path or a built-in config name.
+
+  (absl would print its missing default as `(default: 'None')`; the help says what it takes.)
+  """
+  from ml_collections import config_flags
+  config_flags.DEFINE_config_file("config", None, help_text, lock_config=lock_config)
+  flags.FLAGS["config"].default_as_str = None
 
 
 def config_args(argv: list[str]) -> tuple[str | None, list[str]]:

@@ -143,9 +143,35 @@ ROWS = {
     "describe: unknown field": Row("describe", ("--config", "configs/tiny.py",
                                                 "--config.model.attention=8"),
                                    "no field 'model.attention'"),
-    "describe: bad value": Row("describe", ("--config", "configs/tiny.py", "--no_compile",
+    "describe: bad value": Row("describe", ("--config", "configs/tiny.py", "--nocompile",
                                             "--config.model.ch=12"),
                                "config.model.ch=12 is invalid: must be a multiple of 8"),
+    "describe: batch 0": Row("describe", ("--config", "tiny", "--nocompile", "--batch=0"),
+                             "--batch=0 is invalid: must be a positive integer"),
+    "describe: negative mesh": Row("describe", ("--config", "tiny", "--mesh=-1"),
+                                   "--mesh=-1 is invalid: must be an integer >= 0"),
+    # --- every command: --config by name
+    "unknown built-in config name": Row("main", ("--config", "digitz", "--workdir", "{wd}"),
+                                        "--config 'digitz': no such file, and not a built-in"),
+    # --- sample: flag ranges
+    "sample: negative sample count": Row(
+        "sample", ("--workdir", "{d}/fake_run", "--npz", "{wd}.npz", "--num_samples", "-3"),
+        "--num_samples=-3 is invalid: must be a positive integer"),
+    "sample: per_class 0": Row("sample", ("--workdir", "{d}/fake_run", "--out", "{wd}.png",
+                                          "--per_class=0"), "--per_class=0 is invalid"),
+    "sample: truncation 0": Row("sample", ("--workdir", "{d}/fake_run", "--out", "{wd}.png",
+                                           "--truncation=0"), "--truncation=0.0 is invalid"),
+    "sample: output folder missing": Row("sample", ("--workdir", "{d}/fake_run", "--out",
+                                                    "{wd}/grid.png"),
+                                         "--out='{wd}/grid.png' is invalid: its directory"),
+    # --- convert
+    "convert: unknown framework": Row("convert", ("--from", "no_such_framework", "--weights",
+                                                  "{d}", "--config", "tiny", "--workdir",
+                                                  "{wd}"), "--from"),
+    "convert: weights folder missing": Row("convert", ("--from", "studiogan", "--weights",
+                                                       "{d}/nope", "--config", "tiny",
+                                                       "--workdir", "{wd}"),
+                                           "--weights {d}/nope: not a directory"),
 }
 
 
@@ -232,9 +258,10 @@ def results(tmp_path_factory):
   return out
 
 
-def test_the_table_has_at_least_25_distinct_mistakes_over_four_commands():
+def test_the_table_has_at_least_25_distinct_mistakes_over_every_command():
   assert len(ROWS) >= 25
-  assert {r.command for r in ROWS.values()} == {"main", "sample", "evaluate", "describe"}
+  assert {r.command for r in ROWS.values()} == {"main", "sample", "evaluate", "describe",
+                                                "convert"}
 
 
 @pytest.mark.parametrize("name", list(ROWS))

@@ -54,7 +54,7 @@ def test_train_then_sample_and_npz(tmp_path):
   assert img.shape == (2 * 18 + 2, 4 * 18 + 2, 3)
 
   npz = str(tmp_path / "s.npz")
-  p = run("sagan_jax.sample", "--workdir", wd, "--npz", npz, "--num", "25", "--batch_size", "10",
+  p = run("sagan_jax.sample", "--workdir", wd, "--npz", npz, "--num_samples", "25", "--batch_size", "10",
           "--standing_stats", "2")
   assert "standing statistics: G's BN statistics from 2 passes of 10" in p.stdout
   with np.load(npz) as d:
@@ -137,7 +137,7 @@ def test_sample_without_checkpoint_says_so(tmp_path):
     ("imagenet128.py:official", 42_078_852, 39_463_618),
 ])
 def test_describe_prints_paper_parameter_counts(config, g, d):
-  p = run("sagan_jax.describe", "--config", f"configs/{config}", "--no_compile")
+  p = run("sagan_jax.describe", "--config", f"configs/{config}", "--nocompile")
   info = json.loads(p.stdout.strip().splitlines()[-1])
   assert info["generator_params"] == g and info["discriminator_params"] == d
   assert "G/attention64" in p.stdout if config == "imagenet128.py" else "G/attention32" in p.stdout

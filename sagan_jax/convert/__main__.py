@@ -36,8 +36,8 @@ def define_flags() -> None:
                       "StudioGAN: 'best' or 'current' when the folder has both.")
   flags.DEFINE_bool("optimizer", True, "Convert the Adam states when present (--nooptimizer: "
                     "weights only; continued training then starts Adam afresh).")
-  config_flags.DEFINE_config_file("config", None, "sagan_jax config of the same architecture "
-                                  "(configs/*.py[:variant]).", lock_config=True)
+  utils.define_config_flag("sagan_jax config of the same architecture: a built-in name "
+                           "(imagenet128, cifar10, ...) or a file (configs/*.py[:variant]).")
   flags.mark_flags_as_required(["from", "weights", "workdir", "config"])
 
 
@@ -83,5 +83,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  utils.run(main, define_flags)

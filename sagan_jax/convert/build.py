@@ -157,13 +157,16 @@ def _check_arch(config, src: common.Source) -> None:
           "model.z_dim": m.z_dim, "model.num_classes": m.num_classes,
           "model.g_attention": tuple(sorted(m.g_attention)),
           "model.d_attention": tuple(sorted(m.d_attention))}
+  differ, fixes = [], []
   for field, (value, option) in src.arch.items():
     if ours[field] != value:
       shown = (",".join(map(str, value)) or "()") if isinstance(value, tuple) else value
-      raise CheckpointError(
-          f"the {src.framework} run has {option}={value!r} but the config has "
-          f"config.{field}={ours[field]!r}: add --config.{field}={shown} (or use a config "
-          "of that architecture).")
+      differ.append(f"{option}={value!r} (the config has config.{field}={ours[field]!r})")
+      fixes.append(f"--config.{field}={shown}")
+  if differ:
+    raise CheckpointError(
+        f"the {src.framework} run's architecture differs from the config's: "
+        f"{'; '.join(differ)}. Add {' '.join(fixes)} (or use a config of that architecture).")
 
 
 def _lr_note(role: str, lr, config) -> list[str]:

@@ -160,6 +160,7 @@ class TreeBuilder:
     self.template, self.sd, self.sn_eps = template, sd, sn_eps
     self.tree: dict[str, Any] = {}
     self.moments: dict[str, MomentRule] = {}
+    self.mismatches: list[str] = []   # every shape mismatch, reported together by result()
 
   def put(self, collection: str, path: tuple[str, ...], value: np.ndarray, source: str):
     want = self.template[collection]
@@ -171,15 +172,17 @@ class TreeBuilder:
       want = want[p]
     value = np.asarray(value)
     if tuple(value.shape) != tuple(want.shape):
-      raise self.mismatch(source, value.shape, f"{collection}/{'/'.join(path)}", want.shape)
+      self.mismatch(source, value.shape, f"{collection}/{'/'.join(path)}", want.shape)
+      return
     node = self.tree.setdefault(collection, {})
     for p in path[:-1]:
       node = node.setdefault(p, {})
     node[path[-1]] = value.astype(want.dtype)
 
-  def mismatch(self, source: str, got, where: str, want) -> CheckpointError:
-    return CheckpointError(f"{self.sd.name}: tensor {source!r} gives shape {tuple(got)} for "
-                           f"{where}, the config's model needs {tuple(want)}: {_HINT}.")
+  def mismatch(self, source: str, got, where: str, want) -> None:
+    """Records one tensor whose shape differs; `result` lists them all in one error."""
+    self.mismatches.append(f"tensor {source!r} gives shape {tuple(got)} for {where}, the "
+                           f"config's model needs {tuple(want)}")
 
   def param(self, path: tuple[str, ...], key: str, value: np.ndarray,
             layout: Callable = identity, scale: float = 1.0, offset: float = 0.0) -> None:
@@ -189,6 +192,11 @@ class TreeBuilder:
 
   def result(self) -> dict:
     """The filled tree; every template leaf must have been set."""
+    if self.mismatches:
+      n = len(self.mismatches)
+      raise CheckpointError(f"{self.sd.name}: {n} tensor{'s' * (n > 1)} of another shape than "
+                            "the config's model: " + "; ".join(self.mismatches) + f". {_HINT}.")
+
     def check(want, got, where):
       for k, v in want.items():
         if k not in got:
@@ -212,8 +220,9 @@ class TreeBuilder:
         want = self.template["params"]
         for p in path:
           want = want[p]
-        raise self.mismatch(key, sn.weight.T.shape, f"params/{'/'.join(path)}/kernel",
-                            want["kernel"].shape)
+        self.mismatch(key, sn.weight.T.shape, f"params/{'/'.join(path)}/kernel",
+                      want["kernel"].shape)
+        return
       layout = _permuted(layout, perm, axis=-1)
       u = u[perm]
     self.param(path + ("embedding" if kind == "embed" else "kernel",), key, sn.weight, layout)

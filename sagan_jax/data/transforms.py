@@ -28,23 +28,10 @@ from __future__ import annotations
 from absl import logging
 
 
-_tf = None
-
-
 def import_tf():
-  """TensorFlow with GPUs and TPUs hidden from it (JAX owns the accelerators)."""
-  global _tf
-  if _tf is None:
-    import tensorflow as tf
-    for kind in ("GPU", "TPU"):
-      try:
-        tf.config.set_visible_devices([], kind)
-      except (RuntimeError, ValueError) as e:  # TF already initialised, or no such kind
-        if tf.config.get_visible_devices(kind):
-          logging.warning("TensorFlow already sees %s devices (%s); the input pipeline may "
-                          "take accelerator memory.", kind, e)
-    _tf = tf
-  return _tf
+  """TensorFlow with GPUs and TPUs hidden from it (JAX owns the accelerators), imported quietly."""
+  from sagan_jax import tf_setup
+  return tf_setup.import_tf()
 
 
 def _square_window(tf, height, width, crop: str, seed):
