@@ -377,34 +377,15 @@ def validate(c: ml_collections.ConfigDict) -> None:
          "mesh.num_devices", c.mesh.num_devices, "must be an integer >= 0 (0 = all)")
 
 
+
 def _validate_small_data(c: ml_collections.ConfigDict) -> None:
-  """The fields of augmentation, LeCam, data subsets and fine-tuning (docs/own_data.md)."""
-  from sagan_jax import augment  # local: keep configs importable alone
-  a, o, d = c.augment, c.optim, c.data
-  augment.parse_policy(a.policy)
-  _check(0 <= a.p <= 1, "augment.p", a.p, "must be in [0, 1]")
-  _check(0 <= a.ada_target < 1, "augment.ada_target", a.ada_target,
-         "must be in [0, 1) (0 = off; ADA's paper uses 0.6)")
-  _check(a.ada_target == 0 or bool(a.policy), "augment.ada_target", a.ada_target,
-         "needs an augmentation policy (set --config.augment.policy, e.g. 'color,translation')")
-  _check(isinstance(a.ada_interval, int) and a.ada_interval > 0, "augment.ada_interval",
-         a.ada_interval, "must be a positive integer")
-  _check(a.ada_kimg > 0, "augment.ada_kimg", a.ada_kimg, "must be > 0")
-  _check(o.lecam_weight >= 0, "optim.lecam_weight", o.lecam_weight, "must be >= 0 (0 = off)")
-  _check(0 <= o.lecam_decay < 1, "optim.lecam_decay", o.lecam_decay, "must be in [0, 1)")
-  _check(isinstance(d.examples_per_class, int) and d.examples_per_class >= 0,
-         "data.examples_per_class", d.examples_per_class, "must be an integer >= 0 (0 = all)")
-  _check(d.examples_per_class == 0 or d.source != "tfds", "data.examples_per_class",
-         d.examples_per_class, "is not supported for data.source='tfds' (TFDS streams in a "
-         "shuffled file order); write the images to a class-subfolder tree and use 'folder'")
-  classes = tuple(d.classes)
-  _check(all(isinstance(k, int) and k >= 0 for k in classes) and
-         len(set(classes)) == len(classes), "data.classes", classes,
-         "must be distinct class indices >= 0, e.g. (0, 1, 2, 3, 4)")
-  n = c.model.num_classes
-  _check(not classes or n in (0, len(classes)), "model.num_classes", n,
-         f"must be {len(classes)} (the length of data.classes) or 0 (unconditional)")
-  cmap = tuple(c.init_class_map)
+  """Augmentation, LeCam, data subsets (their modules check them), fine-tuning fields."""
+  from sagan_jax import augment, regularizers  # local: keep configs importable alone
+  from sagan_jax.data import subset
+  augment.check_config(c)
+  regularizers.check_config(c)
+  subset.check_config(c)
+  cmap, n = tuple(c.init_class_map), c.model.num_classes
   _check(not cmap or (bool(c.init_from) and len(cmap) == n and
                       all(isinstance(k, int) and k >= 0 for k in cmap)),
          "init_class_map", cmap, f"needs init_from and one old class index >= 0 for each of the "

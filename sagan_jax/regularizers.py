@@ -27,6 +27,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from sagan_jax.errors import ConfigError
+
 PyTree = Any
 
 
@@ -61,6 +63,18 @@ def lecam(config, inputs: DInputs, state: dict) -> tuple[jax.Array, dict]:
 _REGISTRY: dict[str, tuple[Callable, Callable, str]] = {
     "lecam": (lecam, lecam_init, "lecam_weight"),
 }
+
+
+def check_config(c) -> None:
+  """ConfigError naming the first regulariser field that cannot work (config_base.validate)."""
+  o = c.optim
+  _check(o.lecam_weight >= 0, "optim.lecam_weight", o.lecam_weight, "must be >= 0 (0 = off)")
+  _check(0 <= o.lecam_decay < 1, "optim.lecam_decay", o.lecam_decay, "must be in [0, 1)")
+
+
+def _check(ok: bool, field: str, value, want: str) -> None:
+  if not ok:
+    raise ConfigError(f"config.{field}={value!r} is invalid: {want}.")
 
 
 def active(config) -> tuple[str, ...]:
