@@ -20,7 +20,7 @@ measured for this config. Undecodable files are skipped with a warning.
 
 Variants (docs/own_data.md walks through both):
   configs/folder.py:small     a few hundred images: DiffAugment's three ops on
-                              everything D sees, LeCam, fewer steps
+                              everything D sees, fewer steps
   configs/folder.py:finetune  start from a trained run, --config.init_from=RUN_DIR
                               (required), D's first two blocks frozen (FreezeD)
 """
@@ -38,9 +38,7 @@ def get_config(variant: str = ""):
     c.augment.policy = "color,translation,cutout"  # D must not memorise a small set
     c.total_steps = 20_000    # a few hundred images: more steps mostly overfit
     c.checkpoint_every = 2000  # and keep the better ones
-  if variant == "small":
-    c.optim.lecam_weight = 0.3  # LeCam (Tseng et al. 2021's weight for limited data)
-  elif variant == "finetune":
+  if variant == "finetune":
     c.freeze_d_blocks = 2     # FreezeD: D's first two blocks keep the source run's features
     c.total_steps = 10_000    # fine-tuning converges faster than training from scratch
   elif variant:
