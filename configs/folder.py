@@ -41,6 +41,6 @@ def get_config(variant: str = ""):
   if variant == "finetune":
     c.freeze_d_blocks = 2     # FreezeD: D's first two blocks keep the source run's features
     c.total_steps = 10_000    # fine-tuning converges faster than training from scratch
-  elif variant:
+  elif variant not in ("", "small"):
     raise ValueError(f"unknown variant {variant!r}; use '', 'small' or 'finetune'")
   return c
