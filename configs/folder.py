@@ -17,15 +17,30 @@ Expect: PNG grids in runs/folder/samples every 1000 steps and checkpoints
 every 5000 (resume by rerunning). This is an accelerator job (128x128, ch 64:
 ~160 GFLOP per image per iteration); quality depends on the data and was not
 measured for this config. Undecodable files are skipped with a warning.
+
+Variants (docs/own_data.md walks through both):
+  configs/folder.py:small     a few hundred images: DiffAugment's three ops on
+                              everything D sees, fewer steps
+  configs/folder.py:finetune  start from a trained run, --config.init_from=RUN_DIR
+                              (required), D's first two blocks frozen (FreezeD)
 """
 
 from sagan_jax import config_base
 
 
-def get_config():
+def get_config(variant: str = ""):
   c = config_base.base_config()
   c.data.source = "folder"    # class-subfolder tree at --config.data.dir (required)
   c.model.num_classes = 0     # unconditional; K class subfolders -> --config.model.num_classes=K
   c.batch_size = 64           # smaller than ImageNet's 256: folders are usually small
   c.total_steps = 100_000     # a tenth of the ImageNet schedule
+  if variant in ("small", "finetune"):
+    c.augment.policy = "color,translation,cutout"  # D must not memorise a small set
+    c.total_steps = 20_000    # a few hundred images: more steps mostly overfit
+    c.checkpoint_every = 2000  # and keep the better ones
+  if variant == "finetune":
+    c.freeze_d_blocks = 2     # FreezeD: D's first two blocks keep the source run's features
+    c.total_steps = 10_000    # fine-tuning converges faster than training from scratch
+  elif variant not in ("", "small"):
+    raise ValueError(f"unknown variant {variant!r}; use '', 'small' or 'finetune'")
   return c

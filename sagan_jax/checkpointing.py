@@ -390,6 +390,11 @@ def _check_compatible(saved: ml_collections.ConfigDict, config, workdir: str) ->
   if saved.optim.n_critic != config.optim.n_critic:
     diffs.append(f"optim.n_critic: checkpoint {saved.optim.n_critic} vs config "
                  f"{config.optim.n_critic}")
+  from sagan_jax import state as state_lib  # local: the state module is above this one
+  extra_a, extra_b = state_lib.extra_names(saved), state_lib.extra_names(config)
+  if extra_a != extra_b:
+    diffs.append(f"state extras (ADA, LeCam): checkpoint {list(extra_a)} vs config "
+                 f"{list(extra_b)}")
   if diffs:
     raise CheckpointError(
         f"{workdir} holds a run with a different model: " + "; ".join(diffs) +

@@ -51,6 +51,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.collapse_eval_patience = 3  # that many worse evaluations in a row: collapse (needs eval_every > 0)
   c.heartbeat_timeout_s = 100  # multi-process: seconds without heartbeat before a process counts as lost (JAX's default)
   c.profile_steps = ()       # (start, stop): jax.profiler trace of those steps in WORKDIR/profile
+  c.init_from = ""           # fine-tune: 'RUN_DIR' or 'RUN_DIR:STEP' gives G, EMA, D a fresh run starts from
+  c.init_class_map = ()      # init_from: new class k takes old class map[k]'s class-table rows
+  c.freeze_d_blocks = 0      # D's first K blocks (and attention among them) stay fixed (FreezeD)
 
   c.model = ml_collections.ConfigDict()
   c.model.resolution = 128   # output/input image size; one of RESOLUTIONS
@@ -84,6 +87,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.n_critic = 1       # D updates per G update (SAGAN: 1)
   c.optim.schedule = "constant"  # lr schedule for both: 'constant', 'linear', 'cosine'
   c.optim.warmup_steps = 0   # linear lr warm-up steps (both optimisers)
+  c.optim.lecam_weight = 0.0  # LeCam regulariser of D (Tseng et al. 2021); 0 = off
+  c.optim.lecam_decay = 0.99  # decay of LeCam's moving averages of D's real/fake outputs
+
+  c.augment = ml_collections.ConfigDict()
+  c.augment.policy = ""      # DiffAugment ops before D, comma list of color,translation,cutout ('' = off)
+  c.augment.p = 1.0          # probability each op applies to an image (ADA's starting p)
+  c.augment.ada_target = 0.0  # ADA: target of E[sign(D(real))] that steers p (e.g. 0.6); 0 = fixed p
+  c.augment.ada_interval = 4  # ADA: steps between adjustments of p
+  c.augment.ada_kimg = 500   # ADA: thousands of real images over which p can move by 1
 
   c.ema = ml_collections.ConfigDict()
   c.ema.decay = 0.9999       # EMA decay of G's weights and BN statistics
@@ -99,6 +111,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.label_key = "label"  # feature holding the class label
   c.data.image_key = "image"  # feature holding the image
   c.data.train_crop = "random"  # train crop: 'random' square of the short side, or 'center' (official)
+  c.data.examples_per_class = 0  # keep the first N images of each class in a fixed seeded order (0 = all)
+  c.data.classes = ()        # source classes to keep, as a tuple; model label k = classes[k] (() = all)
 
   c.eval = ml_collections.ConfigDict()
   c.eval.metric = "auto"     # 'digits' (classifier score), 'fid', 'kid', 'prdc' (Inception), 'auto': digits for digits data
@@ -387,9 +401,29 @@ def validate(c: ml_collections.ConfigDict) -> None:
          "set it to the image folder (one subfolder per class) for data.source='folder'")
   _check(c.data.train_crop in ("random", "center"), "data.train_crop", c.data.train_crop,
          "use 'random' (square crop of the short side at a random position) or 'center'")
+  _validate_small_data(c)
   _check(isinstance(c.eval.num_samples, int) and c.eval.num_samples > 0, "eval.num_samples",
          c.eval.num_samples, "must be a positive integer")
   from sagan_jax.evaluation import training_evals  # local: keep configs importable alone
   training_evals.check_config(c)
   _check(isinstance(c.mesh.num_devices, int) and c.mesh.num_devices >= 0,
          "mesh.num_devices", c.mesh.num_devices, "must be an integer >= 0 (0 = all)")
+
+
+
+def _validate_small_data(c: ml_collections.ConfigDict) -> None:
+  """Augmentation, LeCam, data subsets (their modules check them), fine-tuning fields."""
+  from sagan_jax import augment, regularizers  # local: keep configs importable alone
+  from sagan_jax.data import subset
+  augment.check_config(c)
+  regularizers.check_config(c)
+  subset.check_config(c)
+  cmap, n = tuple(c.init_class_map), c.model.num_classes
+  _check(not cmap or (bool(c.init_from) and len(cmap) == n and
+                      all(isinstance(k, int) and k >= 0 for k in cmap)),
+         "init_class_map", cmap, f"needs init_from and one old class index >= 0 for each of the "
+         f"{n} classes (model.num_classes)")
+  depth = len(block_resolutions(c.model.resolution)[1])
+  _check(isinstance(c.freeze_d_blocks, int) and 0 <= c.freeze_d_blocks <= depth,
+         "freeze_d_blocks", c.freeze_d_blocks,
+         f"must be an integer in [0, {depth}] (D has {depth} blocks at this resolution)")

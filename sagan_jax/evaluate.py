@@ -285,6 +285,14 @@ def _inception_metrics(images, labels, ref, scorer, opts) -> dict:
   return {**out, **scorer.protocol()}
 
 
+def _run_classes() -> tuple[int, ...] | None:
+  """data.classes of the run in --workdir (None: all classes, or --samples)."""
+  if not FLAGS.workdir:
+    return None
+  from sagan_jax import checkpointing
+  return tuple(checkpointing.read_config(FLAGS.workdir, best=FLAGS.best).data.classes) or None
+
+
 def _digits(images, labels) -> dict:
   from sagan_jax.evaluation import image_sets
   from sagan_jax.evaluation.digits_score import digits_score
@@ -296,7 +304,10 @@ def _digits(images, labels) -> dict:
     reference = image_sets.load_images(FLAGS.digits_reference, "--digits_reference")
     if reference[1] is None:
       raise errors.ConfigError("--digits_reference needs 'labels'")
-  ds = digits_score(images, labels, reference=reference)
+  classes = _run_classes()
+  if classes:   # a run on data.classes: model label k is digit classes[k]
+    labels = np.asarray(classes)[labels]
+  ds = digits_score(images, labels, reference=reference, classes=classes)
   keys = ("accuracy", "frechet", "diversity", "precision", "recall", "density", "coverage",
           "per_class_accuracy", "per_class_diversity")
   return {f"digits_{k}": ds[k] for k in keys}

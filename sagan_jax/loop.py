@@ -82,10 +82,12 @@ class Clock:
   def line(self, step: int, end: int, scalars: dict, batch: int) -> tuple[str, float]:
     """The console line of a log step and its steps/s; marks the clock."""
     sps = self.rate(step)
-    text = ("step %d/%d | d_loss %.4f g_loss %.4f | D(x) %.3f D(G(z)) %.3f | "
+    ada = (f" | ADA p {scalars['ada_p']:.3f} r_t {scalars['ada_rt']:.2f}"
+           if "ada_p" in scalars else "")
+    text = ("step %d/%d | d_loss %.4f g_loss %.4f | D(x) %.3f D(G(z)) %.3f%s | "
             "%.2f steps/s %.1f img/s | elapsed %s ETA %s") % (
                 step, end, scalars["d_loss"], scalars["g_loss"], scalars["d_real"],
-                scalars["d_fake"], sps, sps * batch,
+                scalars["d_fake"], ada, sps, sps * batch,
                 utils.format_duration(time.time() - self.start),
                 utils.format_duration((end - step) / max(sps, 1e-9)))
     self.mark(step)
@@ -123,6 +125,9 @@ class Loop:
       source = self.make_source(self.start)
     rollbacks = restored.rollbacks if restored else 0
     state = restored.state if restored else create_state(self.models, config, mesh)
+    if not restored and config.init_from:   # a fine-tuning run's first start
+      from sagan_jax import finetune
+      state = finetune.init_from(config, state, mesh)
     # The first transfer of the state's key after the lock's: while the processes are in
     # step (CPU collectives give up after 30 s), before the chief's TensorBoard writer.
     self.pos = Position(state, self.start, rollbacks, step_rng(config, mesh, rollbacks),

@@ -6,6 +6,8 @@
       ema    the EMA generator's  {params, batch_stats, spectral}
       d      D's Flax variables   {params, spectral}
       opt    {g: G's Adam state, d: D's Adam state}
+      extra  state of what the config switches on, {} by default: 'ada' {p, acc}
+             (`sagan_jax.augment`), 'lecam' {real, fake} (`sagan_jax.regularizers`)
 
 `g`, `ema` and `d` are exactly what `Generator.apply` / `Discriminator.apply`
 take, so no caller rebuilds a variable dict by hand. The noise of step k is
@@ -25,7 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from sagan_jax import parallel
+from sagan_jax import augment, parallel, regularizers
 from sagan_jax.models import sagan
 
 PyTree = Any
@@ -40,6 +42,7 @@ class TrainState:
   ema: dict[str, PyTree]
   d: dict[str, PyTree]
   opt: dict[str, PyTree]
+  extra: dict[str, PyTree] = flax.struct.field(default_factory=dict)
 
 
 @flax.struct.dataclass
@@ -85,6 +88,20 @@ def class_labels(num_classes: int, labels: jax.Array) -> jax.Array | None:
   return labels if num_classes > 0 else None
 
 
+def extra_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The keys of `TrainState.extra` for `config` (a resumed run's must match)."""
+  return tuple(sorted(regularizers.active(config) +
+                      (("ada",) if augment.ada_enabled(config) else ())))
+
+
+def init_extra(config: ml_collections.ConfigDict) -> dict[str, PyTree]:
+  """`TrainState.extra` of a fresh run: ADA's and the active D regularisers' first states."""
+  extra = regularizers.init_states(config)
+  if augment.ada_enabled(config):
+    extra["ada"] = augment.ada_init(config)
+  return extra
+
+
 def init_state(models: Models, config: ml_collections.ConfigDict, rng: jax.Array) -> TrainState:
   """Fresh state: G, D (with warmed-up SN vectors), optimisers, EMA = G."""
   m = config.model
@@ -100,7 +117,8 @@ def init_state(models: Models, config: ml_collections.ConfigDict, rng: jax.Array
       step=jnp.zeros((), jnp.int32), g=g, d=d,
       # Real copies: the EMA must never alias G's (donated) buffers.
       ema=jax.tree.map(jnp.copy, g),
-      opt={"g": models.g_tx.init(g["params"]), "d": models.d_tx.init(d["params"])})
+      opt={"g": models.g_tx.init(g["params"]), "d": models.d_tx.init(d["params"])},
+      extra=init_extra(config))
 
 
 def create_state(models: Models, config: ml_collections.ConfigDict, mesh) -> TrainState:

@@ -81,6 +81,31 @@ ROWS = {
     "TFDS dataset not prepared": Row("main", ("--config", "configs/cifar10.py", "--workdir",
                                               "{wd}", "--config.data.dir={d}/no_tfds"),
                                      "TFDS dataset 'cifar10' is not prepared in {d}/no_tfds"),
+    # --- main: small data and fine-tuning (docs/own_data.md)
+    "unknown augmentation": Row("main", TINY + ("--config.augment.policy=color,rotate",),
+                                "config.augment.policy='color,rotate' is invalid: unknown op"),
+    "classes naming a class the source lacks": Row(
+        "main", TINY + ("--config.data.classes=(3,12)", "--config.model.num_classes=2"),
+        "names class 12, but the digits data has 10 classes"),
+    "examples_per_class beyond the smallest class": Row(
+        "main", TINY + ("--config.data.examples_per_class=200",),
+        "config.data.examples_per_class=200 but class"),
+    "init_from missing": Row("main", TINY + ("--config.init_from={d}/nope_run",),
+                             "config.init_from='{d}/nope_run': {d}/nope_run does not exist"),
+    "init_from without checkpoints": Row("main", TINY + ("--config.init_from={d}/empty",),
+                                         "no checkpoints in {d}/empty/checkpoints"),
+    "init_from of another architecture": Row(
+        "main", TINY + ("--config.init_from={d}/ch8_run",),
+        "the architectures differ"),
+    "init_class_map of the wrong length": Row(
+        "main", TINY + ("--config.init_from={d}/ch8_run", "--config.init_class_map=(1,2)"),
+        "config.init_class_map=(1, 2) is invalid"),
+    "init_class_map out of range": Row(
+        "main", TINY + ("--config.init_from={d}/ch8_run",
+                        "--config.init_class_map=(0,1,2,3,4,5,6,7,8,12)"),
+        "class 12 does not exist in {d}/ch8_run"),
+    "freeze_d_blocks beyond D's depth": Row("main", TINY + ("--config.freeze_d_blocks=4",),
+                                            "must be an integer in [0, 3]"),
     # --- sample
     "sample: workdir missing": Row("sample", ("--workdir", "{wd}", "--out", "{wd}.png"),
                                    "--workdir {wd} does not exist"),
@@ -202,10 +227,23 @@ def _make_fixtures(d: str) -> bool:
            labels=np.arange(3))
   np.savez(os.path.join(d, "digits.npz"), images=np.zeros((10, 16, 16, 3), np.uint8),
            labels=np.arange(10))
+  _save_run(os.path.join(d, "ch8_run"), model__ch=8)
   # We run as root in CI containers: permissions do not stop root, a read-only mount does.
   r = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs",
                       os.path.join(d, "read_only")], capture_output=True)
   return r.returncode == 0
+
+
+def _save_run(path: str, **overrides) -> None:
+  """A verified checkpoint of a fresh tiny state (another architecture for init_from)."""
+  from sagan_jax import checkpointing, parallel
+  from sagan_jax import state as state_lib
+  config = load_config("tiny", **overrides)
+  state = state_lib.create_state(state_lib.make_models(config), config, parallel.make_mesh(1))
+  ckpt = checkpointing.Checkpointer(path, config)
+  ckpt.save(2, state)
+  ckpt.finish()
+  ckpt.close()
 
 
 def _listing(path: str) -> list[str]:
@@ -281,6 +319,10 @@ VALIDATE_ROWS = [
     ("data.train_crop", "top"), ("eval.num_samples", 0), ("mesh.num_devices", -1),
     ("profile_steps", (5, 2)), ("model.d_ch", -1), ("model.conv_impl", "cudnn"),
     ("model.attention_impl", "flash"),
+    ("augment.policy", "rotate"), ("augment.p", 1.5), ("augment.ada_target", 1.0),
+    ("augment.ada_interval", 0), ("augment.ada_kimg", 0), ("optim.lecam_weight", -1.0),
+    ("optim.lecam_decay", 1.0), ("data.examples_per_class", -1), ("data.classes", (1, 1)),
+    ("freeze_d_blocks", 9), ("init_class_map", (1,)),
 ]
 
 
@@ -296,7 +338,9 @@ def test_validate_names_each_bad_field(field, value):
 @pytest.mark.parametrize("overrides,message", [
     ({"data.source": "folder", "data.dir": ""}, "config.data.dir='' is invalid"),
     ({"eval_every": 5, "eval.metric": "fid"}, "eval.ref_stats"),
-    ({"eval_every": 5, "eval.metric": "digits", "model.num_classes": 3}, "10-class"),
+    ({"eval_every": 5, "eval.metric": "digits", "model.num_classes": 3}, "one class per digit"),
+    ({"augment.ada_target": 0.6}, "needs an augmentation policy"),
+    ({"data.classes": (1, 2)}, "config.model.num_classes=10 is invalid"),
 ])
 def test_validate_checks_fields_together(overrides, message):
   config = load_config("tiny", **{k.replace(".", "__"): v for k, v in overrides.items()})

@@ -19,6 +19,7 @@ Modules (each imports only modules listed below it, so there are no circles):
   reader       what a tf.data reader hands the pipeline (`Reader`), tf.data
                options, the class-count check
   transforms   TensorFlow on the CPU (`import_tf`), train/eval image transforms
+  subset       `data.classes` / `data.examples_per_class`: which images a run uses
   source       `Source`, `local_batch_size` (re-exported here)
 
 Problems with the data raise `sagan_jax.errors.DataError`.

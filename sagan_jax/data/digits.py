@@ -7,7 +7,8 @@ Ships with scikit-learn, so nothing is downloaded. Images are upscaled
 of an endless sequence of seeded epoch permutations, and process p of P
 takes its contiguous 1/P of each global batch. So a resumed run continues
 the exact sequence, and a run over several processes sees the same global
-batches as a single process.
+batches as a single process. `config.data.classes` / `examples_per_class`
+pick the images first (`subset`); the stream then runs over those.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import functools
 import numpy as np
 from PIL import Image
 
+from sagan_jax.data import subset
 from sagan_jax.data.source import Source, local_batch_size
 
 NUM_CLASSES = 10
@@ -52,6 +54,10 @@ def make_source(config, *, process_index: int = 0, process_count: int = 1,
                 start_batch: int = 0) -> Source:
   res = config.model.resolution
   imgs, labels = load(res)
+  num_classes = NUM_CLASSES
+  if subset.active(config.data):
+    keep, labels = subset.select(labels, NUM_CLASSES, config.data, "the digits data")
+    imgs, num_classes = imgs[keep], subset.num_classes(config.data, NUM_CLASSES)
   gbs = config.batch_size
   lbs = local_batch_size(gbs, process_count)
 
@@ -62,4 +68,4 @@ def make_source(config, *, process_index: int = 0, process_count: int = 1,
       yield {"image": imgs[idx], "label": labels[idx]}
       k += 1
 
-  return Source(gen(), NUM_CLASSES, res, "digits")
+  return Source(gen(), num_classes, res, "digits")

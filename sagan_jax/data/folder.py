@@ -33,6 +33,7 @@ import numpy as np
 from absl import logging
 
 from sagan_jax.errors import DataError
+from sagan_jax.data import subset
 from sagan_jax.data.reader import Reader, check_classes, data_options
 from sagan_jax.data.transforms import import_tf
 
@@ -165,9 +166,14 @@ def _probe(tf, paths) -> None:
       "images and that this machine may read them.")
 
 
-def _index(config, split=None) -> FolderIndex:
-  """The scanned folder, its class count checked against the config."""
+def _index(config, split=None, training: bool = True) -> FolderIndex:
+  """The scanned folder (only config.data's subset of it), its class count checked."""
   index = scan(config.data.dir, split or config.data.split)
+  if subset.active(config.data):
+    keep, labels = subset.select(index.labels, index.num_classes, config.data,
+                                 f"image folder {index.root}", training=training)
+    names = tuple(index.class_names[k] for k in tuple(config.data.classes)) or index.class_names
+    index = FolderIndex(index.root, names, tuple(index.paths[i] for i in keep), labels)
   check_classes(config, index.num_classes, f"{index.num_classes} class subfolders",
                 f"image folder {index.root}")
   return index
@@ -226,7 +232,7 @@ def eval_reader(config, split: str | None, *, process_index: int, process_count:
   num_images: only the first that many of this process's files.
   """
   tf = import_tf()
-  index = _index(config, split)
+  index = _index(config, split, training=False)
   mine = shard_indices(len(index.paths), process_index, process_count)
   paths = [index.paths[i] for i in mine]
   labels = index.labels[mine]

@@ -20,6 +20,7 @@ import dataclasses
 import os
 
 from sagan_jax.errors import DataError
+from sagan_jax.data import subset
 from sagan_jax.data.reader import Reader, check_classes, data_options
 from sagan_jax.data.transforms import import_tf
 
@@ -111,7 +112,11 @@ def _features(config, builder) -> tuple[bool, int]:
                       f"({type(lf).__name__}); set --config.data.label_key to a ClassLabel "
                       "feature, or --config.model.num_classes=0.")
     num_classes = lf.num_classes
-  check_classes(config, num_classes, f"feature {lkey!r}", f"TFDS dataset {name!r}")
+  classes = tuple(config.data.classes)
+  if classes:
+    subset.check_classes(classes, num_classes, f"TFDS dataset {name!r} (feature {lkey!r})")
+  check_classes(config, len(classes) or num_classes, f"feature {lkey!r}",
+                f"TFDS dataset {name!r}" + (" (config.data.classes)" if classes else ""))
   return encoded, num_classes
 
 
@@ -143,8 +148,17 @@ def _read(config, split, *, shuffle_files: bool, file_seed: int | None,
     label = tf.cast(ex[lkey], tf.int32) if has_label else tf.constant(0, tf.int32)
     return ex[ikey], label
 
-  return Reader(ds.map(pick, num_parallel_calls=tf.data.AUTOTUNE), encoded, num_classes,
-                f"tfds:{config.data.name}")
+  ds = ds.map(pick, num_parallel_calls=tf.data.AUTOTUNE)
+  classes = tuple(config.data.classes)
+  if classes:   # keep those classes; model label k = source class classes[k]
+    position = [-1] * num_classes
+    for k, c in enumerate(classes):
+      position[c] = k
+    table = tf.constant(position, tf.int32)
+    ds = ds.map(lambda image, label: (image, tf.gather(table, label)))
+    ds = ds.filter(lambda image, label: label >= 0)
+    num_classes = len(classes)
+  return Reader(ds, encoded, num_classes, f"tfds:{config.data.name}")
 
 
 def _split_name(config, process_index, process_count, split=None):

@@ -158,15 +158,29 @@ def _pipeline_digits(resolution: int):
   return digits_data.load(resolution)
 
 
-def _reference(reference, images: np.ndarray):
-  """(hidden-feature mean/cov, per-class spread, hidden features) of the real digits."""
+def _only(images, labels, classes):
+  """The real digits of `classes` (all when None)."""
+  if classes is None:
+    return images, labels
+  keep = np.isin(labels, np.asarray(classes))
+  return images[keep], labels[keep]
+
+
+def _reference(reference, images: np.ndarray, classes=None):
+  """(hidden-feature mean/cov, per-class spread, hidden features) of the real digits (of
+  `classes` only, when given) to compare with."""
   if isinstance(reference, str):
     if reference != "auto":
       raise ValueError(f"reference {reference!r}: use 'auto', None or (images, labels)")
     reference = None
     if images.ndim == 4 and images.shape[1] == images.shape[2] and images.shape[1] != 8:
-      loaded = _pipeline_digits(int(images.shape[1]))
-      return _reference_from_images(("pipeline", int(images.shape[1])), *loaded)
+      loaded = _only(*_pipeline_digits(int(images.shape[1])), classes)
+      return _reference_from_images(("pipeline", int(images.shape[1]), classes), *loaded)
+  if reference is None and classes is not None:   # load_digits' own 8x8, of these classes
+    x, y = _only(*_real_digits(), classes)
+    feats = hidden_features(_model()[0], x)
+    st = GaussianStats().update(feats)
+    return (st.mu, st.sigma), _class_spread(x, y), feats
   if reference is None:
     stats, spread, feats = _default_reference()
     return stats, list(spread), feats
@@ -178,7 +192,7 @@ def _reference(reference, images: np.ndarray):
 
 
 def digits_score(images: np.ndarray, labels: np.ndarray, invert: bool = False,
-                 reference="auto") -> dict:
+                 reference="auto", classes=None) -> dict:
   """Scores generated digits against their conditioning labels (see module doc).
 
   reference: the real digits that frechet and diversity compare with, as the
@@ -192,6 +206,8 @@ def digits_score(images: np.ndarray, labels: np.ndarray, invert: bool = False,
         upsampling; a bilinear upsample-then-downsample round trip alone
         lowers diversity to ~0.7 and raises frechet to ~3 against these).
     (images, labels): any other real set, uint8 [N, H, W, 3] and [N].
+  classes: a model trained on only these digits (`config.data.classes`):
+  'auto' and None then compare with the real digits of those classes only.
   The accuracy does not depend on the reference.
   """
   labels = np.asarray(labels).astype(np.int64).reshape(-1)
@@ -201,7 +217,8 @@ def digits_score(images: np.ndarray, labels: np.ndarray, invert: bool = False,
   if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
     raise ValueError("labels must be digit classes 0..9")
   clf = _model()[0]
-  (ref_mu, ref_sigma), spread, ref_feats = _reference(reference, np.asarray(images))
+  classes = None if classes is None else tuple(int(k) for k in classes)
+  (ref_mu, ref_sigma), spread, ref_feats = _reference(reference, np.asarray(images), classes)
   pred = clf.predict(x8 / 16.0)
   correct = pred == labels
   per_class_acc: list[float | None] = []

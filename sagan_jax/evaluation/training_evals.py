@@ -148,15 +148,22 @@ class DigitsEval(TrainingEval):
 
   @classmethod
   def check_config(cls, config, schedule):
-    if config.model.num_classes != 10:
+    classes = tuple(config.data.classes)
+    want = len(classes) if classes else 10
+    if config.model.num_classes != want or any(k >= 10 for k in classes):
       raise errors.ConfigError(
           f"config.{schedule.field}={schedule.metric!r} is invalid: the digits score needs a "
-          f"10-class digits model (config.model.num_classes={config.model.num_classes}); "
-          "use --config.eval.metric=fid or --config.eval_every=0.")
+          f"class-conditional digits model with one class per digit of data.classes (10 "
+          f"when it is empty; config.model.num_classes={config.model.num_classes}, "
+          f"data.classes={classes}); use --config.eval.metric=fid or --config.eval_every=0.")
 
   def score(self, images, labels):
+    """Model label k is digit data.classes[k]: scored against the real digits of those."""
     from sagan_jax.evaluation import digits_score
-    r = digits_score.digits_score(images, labels)
+    classes = tuple(self.config.data.classes) or None
+    if classes:
+      labels = np.asarray(classes)[labels]
+    r = digits_score.digits_score(images, labels, classes=classes)
     keys = ("accuracy", "frechet", "diversity", "precision", "recall", "density", "coverage")
     return {k: r[k] for k in keys if r.get(k) is not None}
 
