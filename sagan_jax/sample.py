@@ -7,6 +7,7 @@ r"""Images from a trained run (EMA generator by default).
   python -m sagan_jax.sample --workdir runs/digits --attention attn.png --queries=4:4,8:8
   python -m sagan_jax.sample --workdir runs/digits --npz samples.npz --num_samples 1000
   python -m sagan_jax.sample --workdir runs/digits --out grid.png --standing_stats 16
+  python -m sagan_jax.sample --workdir runs/digits --out best.png --best
 
 `sagan-jax sample ...` is the same command. The grid has one row per class. `--interpolate` writes one row per class
 walking linearly between two noise vectors; `--attention` writes, for each
@@ -99,7 +100,7 @@ def main(argv):
     raise app.UsageError("give --out grid.png, --npz samples.npz, --interpolate interp.png "
                          "or --attention attn.png")
   check_flags()
-  run = api.load(FLAGS.workdir, FLAGS.step)
+  run = api.load(FLAGS.workdir, FLAGS.step, best=FLAGS.best)
   m = run.config.model
   use_ema = FLAGS.ema
   if FLAGS.standing_stats:
@@ -147,6 +148,8 @@ def define_flags() -> None:
   flags.DEFINE_integer("seed", 0, "Noise seed.")
   flags.DEFINE_bool("ema", True, "Sample with the EMA generator (--noema: the raw G).")
   flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
+  flags.DEFINE_bool("best", False, "From the best-evaluated checkpoint (WORKDIR/checkpoints_best, "
+                    "kept when the run had an in-training evaluation) instead of the newest.")
   flags.DEFINE_string("npz", None, "Write --num_samples samples to this .npz (images, labels).")
   flags.DEFINE_integer("num_samples", 1000, "Number of samples for --npz.")
   flags.DEFINE_integer("batch_size", 100, "Generation batch size.")
