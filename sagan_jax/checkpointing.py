@@ -257,11 +257,6 @@ class Checkpointer:
       utils.say("resuming from step %d (%s)", restored.step, self.dir / str(restored.step))
     return restored
 
-  def restore_latest(self, template):
-    """The state of the newest intact checkpoint, or None (see `restore`)."""
-    restored = self.restore(template)
-    return None if restored is None else restored.state
-
   def _seal(self) -> None:
     # Orbax calls this in its commit thread once the items are written, before the rename.
     final = self.dir / str(self._pending)

@@ -22,15 +22,18 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.test_cli import _env
+from tests.test_docs import fresh_checkout
 
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
   """(site folder with the installed package, its bin folder, an empty working directory)."""
   site = str(tmp_path_factory.mktemp("site"))
+  # Built from a copy (a clean clone's files), so the build leaves nothing in the checkout.
+  source = fresh_checkout(str(tmp_path_factory.mktemp("source")))
   isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
   p = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", *isolation,
-                      "--target", site, ROOT], capture_output=True, text=True, timeout=600)
+                      "--target", site, source], capture_output=True, text=True, timeout=600)
   assert p.returncode == 0, p.stdout + p.stderr
   return site, os.path.join(site, "bin"), str(tmp_path_factory.mktemp("elsewhere"))
 
