@@ -109,9 +109,13 @@ def busy_message(workdir: str, info: dict[str, Any], stale_after: float = STALE_
           f"older than {stale_after:.0f}s (or delete {lock_path(workdir)} if you are sure).")
 
 
-def _read(path: epath.Path) -> dict[str, Any] | None:
+def _read(path) -> dict[str, Any] | None:
   try:
-    text = path.read_text()
+    if isinstance(path, str):
+      with open(path) as f:
+        text = f.read()
+    else:
+      text = path.read_text()
   except (FileNotFoundError, OSError):
     return None
   try:
@@ -135,7 +139,9 @@ class RunLock:
                process_count: int = 1, heartbeat_every: float = HEARTBEAT_EVERY_S,
                stale_after: float = STALE_AFTER_S):
     self.workdir = workdir
-    self.path = lock_path(workdir)
+    # Local paths through os (epath may route them through TensorFlow's gfile).
+    self.path = str(lock_path(workdir)) if not _remote(workdir) else lock_path(workdir)
+    self._made_dir: str | None = None   # the workdir, if this lock created it
     self.coordinator = coordinator
     self.process_count = process_count
     self.heartbeat_every = heartbeat_every
@@ -156,14 +162,18 @@ class RunLock:
                  "coordinator": self.coordinator, "command": _command(),
                  "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
                  "heartbeat": time.time()}
-    self.path.parent.mkdir(parents=True, exist_ok=True)
     if _remote(self.workdir):
+      self.path.parent.mkdir(parents=True, exist_ok=True)
       found = _read(self.path)
     else:
+      if not os.path.isdir(self.workdir):
+        os.makedirs(self.workdir)
+        self._made_dir = self.workdir
       found = self._flock()
     verdict = judge(found, host=host, now=time.time(), stale_after=self.stale_after)
     if not verdict.take:
       self._close_fd()
+      self._remove_made_dir()
       raise errors.WorkdirBusyError(busy_message(self.workdir, found, self.stale_after))
     if verdict.stale_reason:
       utils.say("warning: taking over the lock of a training job that is no longer running "
@@ -176,7 +186,7 @@ class RunLock:
     """Opens and flocks the lock file (the same inode as the path); what it held before."""
     import fcntl
     for _ in range(10):
-      fd = os.open(str(self.path), os.O_RDWR | os.O_CREAT, 0o644)
+      fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
       try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
       except OSError as e:
@@ -186,7 +196,7 @@ class RunLock:
         info = _read(self.path) or {"host": "?", "pid": "?", "heartbeat": time.time()}
         raise errors.WorkdirBusyError(busy_message(self.workdir, info, self.stale_after))
       try:
-        same = os.fstat(fd).st_ino == os.stat(str(self.path)).st_ino
+        same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
       except FileNotFoundError:
         same = False
       if same:   # (not a file its previous holder unlinked meanwhile)
@@ -204,6 +214,9 @@ class RunLock:
         os.ftruncate(self._fd, 0)
         os.write(self._fd, data.encode())
         os.fsync(self._fd)
+      elif isinstance(self.path, str):
+        with open(self.path, "w") as f:
+          f.write(data)
       else:
         self.path.write_text(data)
 
@@ -224,11 +237,21 @@ class RunLock:
     with self._io:
       if self.info and (_read(self.path) or {}).get("token") == self.token:
         try:
-          self.path.unlink()
+          os.unlink(self.path) if isinstance(self.path, str) else self.path.unlink()
         except FileNotFoundError:
           pass
       self.info = {}
       self._close_fd()
+      self._remove_made_dir()
+
+  def _remove_made_dir(self) -> None:
+    """A workdir this lock created and nothing else wrote to is removed again."""
+    if self._made_dir is not None:
+      try:
+        os.rmdir(self._made_dir)
+      except OSError:   # not empty: the run wrote something
+        pass
+      self._made_dir = None
 
   def _close_fd(self) -> None:
     if self._fd is not None:

@@ -193,3 +193,17 @@ def test_two_trainers_on_one_workdir_then_a_kill9_relaunch(tmp_path):
   for s in listing.steps:
     assert integrity.check(cdir / str(s)).ok, s
   assert not (tmp_path / "run" / runlock.LOCK_NAME).exists()   # released at the end
+
+
+def test_a_workdir_only_the_lock_created_is_removed_again(tmp_path):
+  wd = tmp_path / "new" / "run"
+  lock = runlock.RunLock(str(wd))
+  lock.acquire()
+  assert (wd / runlock.LOCK_NAME).exists()
+  lock.release()
+  assert not wd.exists()      # a start that failed before writing leaves nothing
+  lock = runlock.RunLock(str(wd))
+  lock.acquire()
+  (wd / "checkpoints").mkdir()
+  lock.release()
+  assert (wd / "checkpoints").is_dir() and not (wd / runlock.LOCK_NAME).exists()
