@@ -179,7 +179,8 @@ class InceptionEval(TrainingEval):
       raise errors.ConfigError(
           f"config.eval.ref_stats is empty: {schedule.metric} during training needs reference "
           "statistics; make them with `python -m sagan_jax.evaluate --compute_ref_stats "
-          "OUT.npz ...`, or set --config.eval_every=0.")
+          "OUT.npz ...`, or " + ("set --config.eval_every=0." if schedule.field == "eval.metric"
+                                 else f"remove config.{schedule.field}."))
 
   def __init__(self, config, models, mesh, schedule, shared):
     super().__init__(config, models, mesh, schedule, shared)
