@@ -32,7 +32,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from sagan_jax.errors import ConfigError
+from sagan_jax.errors import ConfigError, check_field
 
 
 def adjust_color(x: jax.Array, brightness, saturation, contrast) -> jax.Array:
@@ -126,19 +126,17 @@ def check_config(c) -> None:
   """ConfigError naming the first config.augment field that cannot work (config_base.validate)."""
   a = c.augment
   parse_policy(a.policy)
-  _check(0 <= a.p <= 1, "augment.p", a.p, "must be in [0, 1]")
-  _check(0 <= a.ada_target < 1, "augment.ada_target", a.ada_target,
-         "must be in [0, 1) (0 = off; ADA's paper uses 0.6)")
-  _check(a.ada_target == 0 or bool(a.policy), "augment.ada_target", a.ada_target,
-         "needs an augmentation policy (set --config.augment.policy, e.g. 'color,translation')")
-  _check(isinstance(a.ada_interval, int) and a.ada_interval > 0, "augment.ada_interval",
-         a.ada_interval, "must be a positive integer")
-  _check(a.ada_kimg > 0, "augment.ada_kimg", a.ada_kimg, "must be > 0")
+  check_field(0 <= a.p <= 1, "augment.p", a.p, "must be in [0, 1]")
+  check_field(0 <= a.ada_target < 1, "augment.ada_target", a.ada_target,
+              "must be in [0, 1) (0 = off; ADA's paper uses 0.6)")
+  check_field(a.ada_target == 0 or bool(a.policy), "augment.ada_target", a.ada_target,
+              "needs an augmentation policy (set --config.augment.policy, e.g. "
+              "'color,translation')")
+  check_field(isinstance(a.ada_interval, int) and a.ada_interval > 0, "augment.ada_interval",
+              a.ada_interval, "must be a positive integer")
+  check_field(a.ada_kimg > 0, "augment.ada_kimg", a.ada_kimg, "must be > 0")
 
 
-def _check(ok: bool, field: str, value, want: str) -> None:
-  if not ok:
-    raise ConfigError(f"config.{field}={value!r} is invalid: {want}.")
 
 
 # ----------------------------------------------------------------------------

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from sagan_jax.errors import check_field
+
 
 def d_saturated_g_rising(d_losses, g_losses, window: int, d_floor: float) -> bool:
   """D's loss <= d_floor at each of the last `window` points while G's loss rises."""
@@ -121,3 +123,19 @@ class Watch:
     return (f"the last {k} evaluations' {name} ({', '.join(f'{v:.4g}' for v in tail)}) were "
             f"each worse than the best, {best:.4g}, by more than "
             f"{c.collapse_eval_margin:g} of it")
+
+
+def check_config(c) -> None:
+  """ConfigError naming the first collapse field that cannot work (config_base.validate)."""
+  check_field(c.on_collapse in ("warn", "rollback", "stop"), "on_collapse", c.on_collapse,
+              "use 'warn', 'rollback' or 'stop'")
+  check_field(isinstance(c.collapse_window, int) and c.collapse_window >= 2, "collapse_window",
+              c.collapse_window, "must be an integer >= 2 (log steps)")
+  check_field(isinstance(c.collapse_d_loss, (int, float)) and c.collapse_d_loss >= 0,
+              "collapse_d_loss", c.collapse_d_loss, "must be >= 0")
+  check_field(isinstance(c.collapse_sigma_growth, (int, float)) and c.collapse_sigma_growth > 1,
+              "collapse_sigma_growth", c.collapse_sigma_growth, "must be > 1 (a factor)")
+  check_field(isinstance(c.collapse_eval_margin, (int, float)) and c.collapse_eval_margin >= 0,
+              "collapse_eval_margin", c.collapse_eval_margin, "must be >= 0 (a fraction of the best)")
+  check_field(isinstance(c.collapse_eval_patience, int) and c.collapse_eval_patience >= 1,
+              "collapse_eval_patience", c.collapse_eval_patience, "must be an integer >= 1")

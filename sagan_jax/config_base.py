@@ -20,10 +20,8 @@ import traceback
 import ml_collections
 from absl import logging
 
-from sagan_jax.errors import ConfigError
+from sagan_jax.errors import ConfigError, check_field
 
-# Resolutions the model tables in `sagan_jax.models.sagan` know.
-RESOLUTIONS = (16, 32, 64, 128, 256)
 # model.conv_impl values (sagan_jax.models.conv, conv_tune).
 CONV_IMPLS = ("auto", "tune", "xla", "im2col", "matmul", "shift")
 # model.attention_impl values (sagan_jax.models.attention).
@@ -56,7 +54,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.freeze_d_blocks = 0      # D's first K blocks (and attention among them) stay fixed (FreezeD)
 
   c.model = ml_collections.ConfigDict()
-  c.model.resolution = 128   # output/input image size; one of RESOLUTIONS
+  c.model.resolution = 128   # output/input image size; one of models.sagan.RESOLUTIONS (16-256)
   c.model.ch = 64            # base channel width (paper: 64)
   c.model.d_ch = 0           # D's base width (0: same as ch); StudioGAN's 32x32 D is half of G's
   c.model.z_dim = 128        # latent size (one z, no hierarchy)
@@ -296,9 +294,7 @@ def _parse_like(old, value, key: str):
                       f"{type(old).__name__} like {old!r}.") from None
 
 
-def _check(ok: bool, field: str, value, want: str):
-  if not ok:
-    raise ConfigError(f"config.{field}={value!r} is invalid: {want}.")
+_check = check_field   # the one wording of every config check
 
 
 def block_resolutions(resolution: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -306,21 +302,6 @@ def block_resolutions(resolution: int) -> tuple[tuple[int, ...], tuple[int, ...]
   from sagan_jax.models import sagan  # local: keep configs importable alone
   arch = sagan.architecture(resolution, 1)
   return tuple(b.out_res for b in arch.g_blocks), tuple(b.out_res for b in arch.d_blocks)
-
-
-def _check_collapse(c: ml_collections.ConfigDict) -> None:
-  _check(c.on_collapse in ("warn", "rollback", "stop"), "on_collapse", c.on_collapse,
-         "use 'warn', 'rollback' or 'stop'")
-  _check(isinstance(c.collapse_window, int) and c.collapse_window >= 2, "collapse_window",
-         c.collapse_window, "must be an integer >= 2 (log steps)")
-  _check(isinstance(c.collapse_d_loss, (int, float)) and c.collapse_d_loss >= 0,
-         "collapse_d_loss", c.collapse_d_loss, "must be >= 0")
-  _check(isinstance(c.collapse_sigma_growth, (int, float)) and c.collapse_sigma_growth > 1,
-         "collapse_sigma_growth", c.collapse_sigma_growth, "must be > 1 (a factor)")
-  _check(isinstance(c.collapse_eval_margin, (int, float)) and c.collapse_eval_margin >= 0,
-         "collapse_eval_margin", c.collapse_eval_margin, "must be >= 0 (a fraction of the best)")
-  _check(isinstance(c.collapse_eval_patience, int) and c.collapse_eval_patience >= 1,
-         "collapse_eval_patience", c.collapse_eval_patience, "must be an integer >= 1")
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
@@ -333,17 +314,16 @@ def validate(c: ml_collections.ConfigDict) -> None:
   ps = tuple(c.profile_steps)
   _check(ps == () or (len(ps) == 2 and all(isinstance(v, int) for v in ps) and 0 <= ps[0] < ps[1]),
          "profile_steps", ps, "use () (off) or (start, stop) with 0 <= start < stop, e.g. (10, 15)")
-  _check(c.loss in ("hinge", "nonsaturating"), "loss", c.loss,
-         "use 'hinge' or 'nonsaturating'")
   _check(c.on_nan in ("stop", "rollback"), "on_nan", c.on_nan, "use 'stop' or 'rollback'")
   _check(isinstance(c.max_rollbacks, int) and c.max_rollbacks >= 0, "max_rollbacks",
          c.max_rollbacks, "must be an integer >= 0")
-  _check_collapse(c)
   _check(isinstance(c.heartbeat_timeout_s, int) and c.heartbeat_timeout_s >= 10,
          "heartbeat_timeout_s", c.heartbeat_timeout_s, "must be an integer >= 10 (seconds)")
   m = c.model
-  _check(m.resolution in RESOLUTIONS, "model.resolution", m.resolution,
-         f"use one of {RESOLUTIONS}")
+  from sagan_jax import losses  # (local: keep configs importable alone)
+  from sagan_jax.models import layers, sagan
+  _check(m.resolution in sagan.RESOLUTIONS, "model.resolution", m.resolution,
+         f"use one of {sagan.RESOLUTIONS}")
   for f in ("ch", "z_dim"):
     _check(isinstance(m[f], int) and m[f] > 0, f"model.{f}", m[f], "must be a positive integer")
   _check(isinstance(m.d_ch, int) and m.d_ch >= 0, "model.d_ch", m.d_ch,
@@ -364,8 +344,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _check(isinstance(m[f], bool), f"model.{f}", m[f], "must be True or False")
   _check(isinstance(m.d_relu_shortcut, bool), "model.d_relu_shortcut", m.d_relu_shortcut,
          "must be True or False")
-  _check(m.init in ("glorot", "orthogonal", "normal02"), "model.init", m.init,
-         "use 'glorot', 'orthogonal' or 'normal02'")
+  _check(c.loss in losses.LOSSES, "loss", c.loss, f"use one of {sorted(losses.LOSSES)}")
+  _check(m.init in layers.KERNEL_INITS, "model.init", m.init,
+         f"use one of {sorted(layers.KERNEL_INITS)}")
   _check(m.dtype in ("float32", "bfloat16"), "model.dtype", m.dtype,
          "use 'float32' or 'bfloat16'")
   _check(m.conv_impl in CONV_IMPLS, "model.conv_impl", m.conv_impl,
@@ -401,29 +382,14 @@ def validate(c: ml_collections.ConfigDict) -> None:
          "set it to the image folder (one subfolder per class) for data.source='folder'")
   _check(c.data.train_crop in ("random", "center"), "data.train_crop", c.data.train_crop,
          "use 'random' (square crop of the short side at a random position) or 'center'")
-  _validate_small_data(c)
   _check(isinstance(c.eval.num_samples, int) and c.eval.num_samples > 0, "eval.num_samples",
          c.eval.num_samples, "must be a positive integer")
-  from sagan_jax.evaluation import training_evals  # local: keep configs importable alone
-  training_evals.check_config(c)
+  # The modules that own the other fields check them (local imports: configs stay importable).
+  from sagan_jax import augment, collapse, finetune, regularizers
+  from sagan_jax.data import subset
+  from sagan_jax.evaluation import training_evals
+  for module in (collapse, augment, regularizers, subset, finetune, training_evals):
+    module.check_config(c)
   _check(isinstance(c.mesh.num_devices, int) and c.mesh.num_devices >= 0,
          "mesh.num_devices", c.mesh.num_devices, "must be an integer >= 0 (0 = all)")
 
-
-
-def _validate_small_data(c: ml_collections.ConfigDict) -> None:
-  """Augmentation, LeCam, data subsets (their modules check them), fine-tuning fields."""
-  from sagan_jax import augment, regularizers  # local: keep configs importable alone
-  from sagan_jax.data import subset
-  augment.check_config(c)
-  regularizers.check_config(c)
-  subset.check_config(c)
-  cmap, n = tuple(c.init_class_map), c.model.num_classes
-  _check(not cmap or (bool(c.init_from) and len(cmap) == n and
-                      all(isinstance(k, int) and k >= 0 for k in cmap)),
-         "init_class_map", cmap, f"needs init_from and one old class index >= 0 for each of the "
-         f"{n} classes (model.num_classes)")
-  depth = len(block_resolutions(c.model.resolution)[1])
-  _check(isinstance(c.freeze_d_blocks, int) and 0 <= c.freeze_d_blocks <= depth,
-         "freeze_d_blocks", c.freeze_d_blocks,
-         f"must be an integer in [0, {depth}] (D has {depth} blocks at this resolution)")

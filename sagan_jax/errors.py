@@ -42,6 +42,13 @@ class WeightsNotFoundError(UserError, FileNotFoundError):
   """No usable Inception weight file; the message says which file to get."""
 
 
+def check_field(ok: bool, field: str, value, want: str) -> None:
+  """Raises ConfigError `config.field=value is invalid: want.` unless `ok` (every config check:
+  config_base.validate and the modules that check their own fields)."""
+  if not ok:
+    raise ConfigError(f"config.{field}={value!r} is invalid: {want}.")
+
+
 def check_flag(ok: bool, name: str, value, want: str) -> None:
   """Raises ConfigError `--name=value is invalid: want.` unless `ok` (every command's flags).
 

@@ -27,7 +27,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from sagan_jax.errors import ConfigError
+from sagan_jax.errors import check_field
 
 PyTree = Any
 
@@ -68,13 +68,10 @@ _REGISTRY: dict[str, tuple[Callable, Callable, str]] = {
 def check_config(c) -> None:
   """ConfigError naming the first regulariser field that cannot work (config_base.validate)."""
   o = c.optim
-  _check(o.lecam_weight >= 0, "optim.lecam_weight", o.lecam_weight, "must be >= 0 (0 = off)")
-  _check(0 <= o.lecam_decay < 1, "optim.lecam_decay", o.lecam_decay, "must be in [0, 1)")
+  check_field(o.lecam_weight >= 0, "optim.lecam_weight", o.lecam_weight, "must be >= 0 (0 = off)")
+  check_field(0 <= o.lecam_decay < 1, "optim.lecam_decay", o.lecam_decay, "must be in [0, 1)")
 
 
-def _check(ok: bool, field: str, value, want: str) -> None:
-  if not ok:
-    raise ConfigError(f"config.{field}={value!r} is invalid: {want}.")
 
 
 def active(config) -> tuple[str, ...]:

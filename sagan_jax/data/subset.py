@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sagan_jax.errors import ConfigError, DataError
+from sagan_jax.errors import DataError, check_field
 
 SUBSET_SEED = 20240519   # fixed: the subset depends on the data, not on config.seed
 
@@ -75,20 +75,17 @@ def num_classes(data_config, num_source_classes: int) -> int:
 def check_config(c) -> None:
   """ConfigError naming the first subset field that cannot work (config_base.validate)."""
   d = c.data
-  _check(isinstance(d.examples_per_class, int) and d.examples_per_class >= 0,
-         "data.examples_per_class", d.examples_per_class, "must be an integer >= 0 (0 = all)")
-  _check(d.examples_per_class == 0 or d.source != "tfds", "data.examples_per_class",
+  check_field(isinstance(d.examples_per_class, int) and d.examples_per_class >= 0,
+              "data.examples_per_class", d.examples_per_class, "must be an integer >= 0 (0 = all)")
+  check_field(d.examples_per_class == 0 or d.source != "tfds", "data.examples_per_class",
          d.examples_per_class, "is not supported for data.source='tfds' (TFDS streams in a "
          "shuffled file order); write the images to a class-subfolder tree and use 'folder'")
   classes = tuple(d.classes)
-  _check(all(isinstance(k, int) and k >= 0 for k in classes) and
-         len(set(classes)) == len(classes), "data.classes", classes,
-         "must be distinct class indices >= 0, e.g. (0, 1, 2, 3, 4)")
+  check_field(all(isinstance(k, int) and k >= 0 for k in classes) and
+              len(set(classes)) == len(classes), "data.classes", classes,
+              "must be distinct class indices >= 0, e.g. (0, 1, 2, 3, 4)")
   n = c.model.num_classes
-  _check(not classes or n in (0, len(classes)), "model.num_classes", n,
-         f"must be {len(classes)} (the length of data.classes) or 0 (unconditional)")
+  check_field(not classes or n in (0, len(classes)), "model.num_classes", n,
+              f"must be {len(classes)} (the length of data.classes) or 0 (unconditional)")
 
 
-def _check(ok: bool, field: str, value, want: str) -> None:
-  if not ok:
-    raise ConfigError(f"config.{field}={value!r} is invalid: {want}.")

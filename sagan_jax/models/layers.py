@@ -29,15 +29,17 @@ SPECTRAL = "spectral"
 Dtype = Any
 
 
+# Weight initialisers by config name (model.init): 'glorot' (the paper), 'orthogonal', N(0, 0.02).
+KERNEL_INITS = {"glorot": nn.initializers.xavier_uniform,
+                "orthogonal": nn.initializers.orthogonal,
+                "normal02": lambda: nn.initializers.normal(0.02)}
+
+
 def kernel_init(name: str) -> Callable:
-  """Weight initialiser by config name: 'glorot' (paper), 'orthogonal', 'normal02'."""
-  if name == "glorot":
-    return nn.initializers.xavier_uniform()
-  if name == "orthogonal":
-    return nn.initializers.orthogonal()
-  if name == "normal02":
-    return nn.initializers.normal(0.02)
-  raise ValueError(f"unknown init {name!r}")
+  """Weight initialiser by config name (a key of KERNEL_INITS)."""
+  if name not in KERNEL_INITS:
+    raise ValueError(f"unknown init {name!r}; use one of {sorted(KERNEL_INITS)}")
+  return KERNEL_INITS[name]()
 
 
 def _l2_normalize(x: jax.Array, eps: float) -> jax.Array:

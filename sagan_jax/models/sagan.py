@@ -65,6 +65,8 @@ _D_TABLE = {
     256: ([1, 2, 4, 8, 8, 16, 16], [True, True, True, True, True, True, False]),
 }
 
+RESOLUTIONS = tuple(sorted(_G_TABLE))   # the image sizes these tables build (config checks ask)
+
 
 def architecture(resolution: int, ch: int) -> Architecture:
   """Block list for a resolution; raises ValueError for unknown sizes."""
