@@ -24,7 +24,6 @@ evaluations (WORKDIR/<member>/eval.jsonl):
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import subprocess
 import sys
@@ -196,9 +195,8 @@ def main(argv):
 
 
 def define_flags():
-  from ml_collections import config_flags
-  config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py) without a "
-                                  "variant; --config.<field>=<value> goes to every member.")
+  utils.define_config_flag("Config, a built-in name or a file (configs/*.py), without a "
+                           "variant; --config.<field>=<value> goes to every member.")
   flags.DEFINE_string("variants", None, "Comma-separated variants of the config file, e.g. "
                       "baseline,sn_gd,sn_gd_ttur,noattn (sagan_jax/experiments.py).")
   flags.DEFINE_string("seeds", "0", "Comma-separated seeds, e.g. 0,1.")
@@ -212,5 +210,4 @@ def define_flags():
 
 
 if __name__ == "__main__":
-  define_flags()
-  utils.run(main)
+  utils.run(main, define_flags)
