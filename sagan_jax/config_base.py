@@ -240,6 +240,8 @@ def _call_get_config(module, path: str, variant: str) -> ml_collections.ConfigDi
                       f"use --config {path}.")
   try:
     config = get_config(variant) if variant else get_config()
+  except ConfigError:   # the config file's own message (e.g. an unknown variant) says it all
+    raise
   except Exception as e:  # noqa: BLE001
     call = f"get_config({variant!r})" if variant else "get_config()"
     raise ConfigError(f"{call} of {path!r} failed{_where(e, path)}: "

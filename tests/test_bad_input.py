@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import glob
 import os
 import subprocess
 import sys
@@ -48,8 +49,10 @@ ROWS = {
                                "has a syntax error at line 3"),
     "config without get_config": Row("main", ("--config", "{d}/noget.py", "--workdir", "{wd}"),
                                      "has no get_config() function"),
-    "config variant it lacks": Row("main", ("--config", "configs/tiny.py:big", "--workdir",
+    "config variant it lacks": Row("main", ("--config", "configs/cifar10.py:big", "--workdir",
                                             "{wd}"), "has no variants (got ':big')"),
+    "unknown variant": Row("main", ("--config", "configs/tiny.py:big", "--workdir", "{wd}"),
+                           "configs/tiny.py:big: unknown variant; use one of ['baseline'"),
     "unknown field": Row("main", TINY + ("--config.model.chanels=8",),
                          "no field 'model.chanels'; did you mean model.ch?"),
     "wrong type": Row("main", TINY + ("--config.batch_size=abc",), "--config.batch_size=abc"),
@@ -247,8 +250,13 @@ def _save_run(path: str, **overrides) -> None:
 
 
 def _listing(path: str) -> list[str]:
+  """Everything under the fixtures folder but the rows' own workdirs (`wd_*`, which rows
+  running at the same time may create and remove; each row checks its own)."""
   out = []
   for root, dirs, files in os.walk(path):
+    if root == path:
+      dirs[:] = [n for n in dirs if not n.startswith("wd_")]
+      files = [n for n in files if not n.startswith("wd_")]
     out += [os.path.relpath(os.path.join(root, n), path) for n in dirs + files]
   return sorted(out)
 
@@ -263,7 +271,7 @@ def _run(row: Row, d: str, wd: str) -> dict:
                       *map(fill, row.args)], cwd=ROOT, env=env, capture_output=True,
                      text=True, timeout=600)
   return {"rc": p.returncode, "stderr": p.stderr, "stdout": p.stdout,
-          "expect": fill(row.expect), "wd_exists": os.path.exists(wd),
+          "expect": fill(row.expect), "wd_exists": os.path.exists(wd) or bool(glob.glob(wd + ".*")),
           "fixtures_changed": before != _listing(d), "seconds": time.time() - t0}
 
 
