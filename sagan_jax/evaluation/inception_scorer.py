@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from sagan_jax import errors
-from sagan_jax.evaluation import feature_metrics, metrics
+from sagan_jax.evaluation import feature_metrics, image_sets, metrics
 from sagan_jax.evaluation.inception import POOL3_DIM
 
 METRICS = ("fid", "is", "kid", "prdc", "ifid")
@@ -74,15 +74,6 @@ class Reference:
   labels: np.ndarray | None = None     # [N]
 
 
-def _open(path: str, what: str):
-  try:
-    return np.load(path)
-  except FileNotFoundError:
-    raise errors.ConfigError(f"{what} {path}: no such file") from None
-  except (OSError, ValueError, EOFError) as e:
-    raise errors.ConfigError(f"{what} {path}: not a readable .npz file ({e})") from None
-
-
 def load_reference(path: str, resize: str, what: str = "--ref_stats") -> tuple[Reference, str]:
   """The checked reference of an .npz, and a warning ('' if none) about its resize mode.
 
@@ -90,7 +81,7 @@ def load_reference(path: str, resize: str, what: str = "--ref_stats") -> tuple[R
   features/labels disagree in shape or count.
   """
   fix = "; make it with `sagan_jax.evaluate --compute_ref_stats`"
-  with _open(path, what) as f:
+  with image_sets.open_npz(path, what) as f:
     if "mu" not in f.files or "sigma" not in f.files:
       raise errors.ConfigError(f"{what} {path}: reference statistics need arrays 'mu' and "
                                f"'sigma'{fix}")
