@@ -102,10 +102,11 @@ def test_validate_subset_fields():
 
 
 def test_digits_evaluator_follows_data_classes():
-  from sagan_jax.evaluation import digits_score, evaluators
+  from sagan_jax.evaluation import digits_score, training_evals
   c = load_config("digits", model__num_classes=5, data__classes=(5, 6, 7, 8, 9))
   config_base.validate(c)
-  ev = evaluators.DigitsEvaluator(c, None, None)
+  ev = training_evals.make_all(c, None, None)[0]
+  assert isinstance(ev, training_evals.DigitsEval)
   imgs, labels = digits.load(16)
   keep = np.isin(labels, (5, 6, 7, 8, 9))
   r = ev.score(imgs[keep], labels[keep] - 5)   # the real digits, as model labels
