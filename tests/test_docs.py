@@ -62,6 +62,9 @@ RULES = [  # (pattern searched in the command, treatment, why)
      "(tests/test_collapse.py forces one)"),
     (SAGAN + r"(\.sweep\b| sweep\b)", "parse", "trains one run per variant and seed, minutes "
      "each (tests/test_sweep.py runs a sweep of the tiny config)"),
+    (r"runs/digits_(18|04|59)", "parse", "the small-data and fine-tuning measurements, one "
+     "digits training each (tests/test_small_data.py and tests/test_finetune.py train "
+     "them at tiny sizes)"),
     (SAGAN + r"(\.main\b| train\b).*--config (configs/)?(digits|tiny)", "short",
      "trains for minutes"),
     (r"runs/imagenet128|refs/|samples\.npz|real\.npz", "parse",
