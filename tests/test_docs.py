@@ -54,6 +54,7 @@ RULES = [  # (pattern searched in the command, treatment, why)
     (r"^tensorboard\b", "skip", "a server"),
     (r"torchvenv|peer_pytorch\.py|make_convert_fixtures\.py", "skip",
      "needs torch and a peer's checkout (never in this project's environment)"),
+    (r"^python benchmarks/", "help", "a benchmark: minutes of timing"),
     (r"tests/fixtures/convert|runs/studiogan_fixture", "run",
      "the StudioGAN checkpoint shipped as a test fixture: seconds"),
     (r"gs://|imagenet128|cifar10|--config folder|configs/folder\.py", "parse",
@@ -69,7 +70,6 @@ RULES = [  # (pattern searched in the command, treatment, why)
      "trains for minutes"),
     (r"runs/imagenet128|refs/|samples\.npz|real\.npz", "parse",
      "needs a trained ImageNet run or its reference files"),
-    (r"^python benchmarks/", "help", "a benchmark: minutes of timing"),
     (r"^benchmarks/accelerator_check\.sh", "dry", "installs an accelerator's jax wheel and "
      "needs the accelerator (the CPU rehearsal: tests/test_accelerator_check.py, slow)"),
     (SAGAN, "run", "a sagan_jax command that runs in seconds here"),
