@@ -387,10 +387,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _check(isinstance(c.eval.num_samples, int) and c.eval.num_samples > 0, "eval.num_samples",
          c.eval.num_samples, "must be a positive integer")
   # The modules that own the other fields check them (local imports: configs stay importable).
-  from sagan_jax import augment, collapse, finetune, regularizers
+  from sagan_jax import augment, collapse, regularizers
   from sagan_jax.data import subset
   from sagan_jax.evaluation import training_evals
-  for module in (collapse, augment, regularizers, subset, finetune, training_evals):
+  for module in (collapse, augment, regularizers, subset, sagan, training_evals):
     module.check_config(c)
   _check(isinstance(c.mesh.num_devices, int) and c.mesh.num_devices >= 0,
          "mesh.num_devices", c.mesh.num_devices, "must be an integer >= 0 (0 = all)")

@@ -24,7 +24,7 @@ import numpy as np
 from etils import epath
 
 from sagan_jax import checkpointing, parallel, utils
-from sagan_jax.errors import CheckpointError, ConfigError, check_field
+from sagan_jax.errors import CheckpointError, ConfigError
 from sagan_jax.state import TrainState
 
 
@@ -119,17 +119,3 @@ def init_from(config, fresh: TrainState, mesh) -> TrainState:
   utils.say("init_from %s: G, EMA and D from step %d (SN and BN state included), fresh "
             "optimisers; class tables: %s", run_dir, old.step, what)
   return fresh.replace(**parts)
-
-
-def check_config(c) -> None:
-  """ConfigError naming the first fine-tuning field that cannot work (config_base.validate)."""
-  from sagan_jax import config_base
-  cmap, n = tuple(c.init_class_map), c.model.num_classes
-  check_field(not cmap or (bool(c.init_from) and len(cmap) == n and
-                           all(isinstance(k, int) and k >= 0 for k in cmap)),
-              "init_class_map", cmap, f"needs init_from and one old class index >= 0 for "
-              f"each of the {n} classes (model.num_classes)")
-  depth = len(config_base.block_resolutions(c.model.resolution)[1])
-  check_field(isinstance(c.freeze_d_blocks, int) and 0 <= c.freeze_d_blocks <= depth,
-              "freeze_d_blocks", c.freeze_d_blocks,
-              f"must be an integer in [0, {depth}] (D has {depth} blocks at this resolution)")

@@ -194,3 +194,18 @@ def discriminator_from_config(m, dtype=None) -> Discriminator:
                        dtype=dtype or jnp.dtype(m.dtype), conv_impl=m.conv_impl,
                        attention_impl=m.attention_impl, use_sn=m.d_sn,
                        residual=tuple(m.d_residual))
+
+
+def check_config(c) -> None:
+  """ConfigError for the fine-tuning fields that depend on these tables (config_base.validate):
+  freeze_d_blocks within D's depth, init_class_map one old class per class of the model."""
+  from sagan_jax.errors import check_field
+  cmap, n = tuple(c.init_class_map), c.model.num_classes
+  check_field(not cmap or (bool(c.init_from) and len(cmap) == n and
+                           all(isinstance(k, int) and k >= 0 for k in cmap)),
+              "init_class_map", cmap, f"needs init_from and one old class index >= 0 for "
+              f"each of the {n} classes (model.num_classes)")
+  depth = len(architecture(c.model.resolution, 1).d_blocks)
+  check_field(isinstance(c.freeze_d_blocks, int) and 0 <= c.freeze_d_blocks <= depth,
+              "freeze_d_blocks", c.freeze_d_blocks,
+              f"must be an integer in [0, {depth}] (D has {depth} blocks at this resolution)")
