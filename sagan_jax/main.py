@@ -20,7 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags
 
-from sagan_jax import utils
+from sagan_jax import errors, utils
 
 FLAGS = flags.FLAGS
 utils.define_config_flag("Config: a built-in name (digits, tiny, imagenet128, "
@@ -40,6 +40,9 @@ def main(argv):
   # Checked here before jax.distributed waits for the other hosts (up to minutes);
   # train_and_evaluate checks again for callers that use it as a library.
   workdir = integrity.resolve_workdir(FLAGS.workdir)
+  n, i = FLAGS.num_processes, FLAGS.process_id
+  errors.check_flag(n is None or i is None or i < n, "process_id", i,
+                    f"must be below --num_processes={n} (processes count from 0)")
   config_base.validate(FLAGS.config)
   integrity.check_workdir(workdir)
   plan = distributed.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id,

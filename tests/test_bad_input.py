@@ -177,6 +177,11 @@ ROWS = {
                              "--batch=0 is invalid: must be a positive integer"),
     "describe: negative mesh": Row("describe", ("--config", "tiny", "--mesh=-1"),
                                    "--mesh=-1 is invalid: must be an integer >= 0"),
+    "process id beyond the process count": Row("main", TINY + ("--num_processes=2",
+                                                             "--process_id=2"),
+                                                "--process_id=2 is invalid: must be below "
+                                                "--num_processes=2"),
+    "process count 0": Row("main", TINY + ("--num_processes=0",), "--num_processes"),
     # --- every command: --config by name
     "unknown built-in config name": Row("main", ("--config", "digitz", "--workdir", "{wd}"),
                                         "--config 'digitz': no such file, and not a built-in"),
