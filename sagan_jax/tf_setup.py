@@ -32,11 +32,14 @@ def import_tf():
   global _tf
   if _tf is None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    with _captured_stderr() as captured:
-      import tensorflow as tf
-      _hide_accelerators(tf)
-      tf.constant(0)   # starts TF's runtime now, inside the capture (its notices print again)
-    _replay(captured)
+    captured = _captured_stderr()
+    try:
+      with captured:
+        import tensorflow as tf
+        _hide_accelerators(tf)
+        tf.constant(0)   # starts TF's runtime now, inside the capture (its notices print again)
+    finally:
+      _replay(captured)   # also when the import failed: its own messages are not lost
     _tf = tf
   return _tf
 
@@ -53,6 +56,8 @@ def _hide_accelerators(tf) -> None:
 
 class _captured_stderr:
   """File descriptor 2 (C++ and Python alike) into a temporary file; `.lines` afterwards."""
+
+  lines: list[str] = []
 
   def __enter__(self):
     sys.stderr.flush()
