@@ -209,7 +209,8 @@ def _samples_from_run():
                       min(FLAGS.batch_size, max(FLAGS.num_samples, 1)))
   info = {"samples": f"workdir {FLAGS.workdir} step {run.step} ({which})", "ema": FLAGS.ema,
           "seed": FLAGS.seed, "standing_stats": FLAGS.standing_stats}
-  return np.asarray(images), (labels if run.config.model.num_classes else None), info
+  labels = labels if run.config.model.num_classes else None
+  return np.asarray(images), labels, info, tuple(run.config.data.classes) or None
 
 
 def _reference_input():
@@ -285,15 +286,8 @@ def _inception_metrics(images, labels, ref, scorer, opts) -> dict:
   return {**out, **scorer.protocol()}
 
 
-def _run_classes() -> tuple[int, ...] | None:
-  """data.classes of the run in --workdir (None: all classes, or --samples)."""
-  if not FLAGS.workdir:
-    return None
-  from sagan_jax import checkpointing
-  return tuple(checkpointing.read_config(FLAGS.workdir, best=FLAGS.best).data.classes) or None
-
-
-def _digits(images, labels) -> dict:
+def _digits(images, labels, classes) -> dict:
+  """The digits score; `classes`: the run's data.classes (model label k is digit classes[k])."""
   from sagan_jax.evaluation import image_sets
   from sagan_jax.evaluation.digits_score import digits_score
   if labels is None:
@@ -304,8 +298,7 @@ def _digits(images, labels) -> dict:
     reference = image_sets.load_images(FLAGS.digits_reference, "--digits_reference")
     if reference[1] is None:
       raise errors.ConfigError("--digits_reference needs 'labels'")
-  classes = _run_classes()
-  if classes:   # a run on data.classes: model label k is digit classes[k]
+  if classes:
     labels = np.asarray(classes)[labels]
   ds = digits_score(images, labels, reference=reference, classes=classes)
   keys = ("accuracy", "frechet", "diversity", "precision", "recall", "density", "coverage",
@@ -321,7 +314,7 @@ def _check_labelled(labels, opts) -> None:
 
 def evaluate(opts) -> dict:
   """Samples -> the metrics of `opts` (and the digits score), with the protocol fields."""
-  images = labels = None
+  images = labels = classes = None   # classes: data.classes of the --workdir run
   if FLAGS.samples:   # the inputs' mistakes first, then the slow steps
     images, labels, info = _samples_from_file()
     _check_labelled(labels, opts)
@@ -330,7 +323,7 @@ def evaluate(opts) -> dict:
     ref = _given_reference(opts)
     scorer = _extractor_scorer(ref, opts)
   if images is None:
-    images, labels, info = _samples_from_run()
+    images, labels, info, classes = _samples_from_run()
     _check_labelled(labels, opts)
   n = int(images.shape[0])
   if n < FLAGS.num_samples:
@@ -341,7 +334,7 @@ def evaluate(opts) -> dict:
   if FLAGS.inception:
     result.update(_inception_metrics(images, labels, ref, scorer, opts))
   if FLAGS.digits_score:
-    result.update(_digits(images, labels))
+    result.update(_digits(images, labels, classes))
   result.update(num_samples=n, **info)
   return result
 

