@@ -39,11 +39,6 @@ from etils import epath
 from sagan_jax import config_base, integrity, utils
 from sagan_jax.errors import CheckpointError
 
-# Config fields that define the shapes in the state: a resumed run must match.
-_ARCH_FIELDS = ("resolution", "ch", "d_ch", "z_dim", "num_classes", "g_attention",
-                "d_attention", "d_relu_shortcut", "g_residual", "d_residual", "g_sn", "d_sn")
-
-
 BEST_DIR = "checkpoints_best"
 
 
@@ -376,7 +371,8 @@ def read_config(workdir: str, step: int | None = None,
 
 def _check_compatible(saved: ml_collections.ConfigDict, config, workdir: str) -> None:
   diffs = []
-  for f in _ARCH_FIELDS:
+  from sagan_jax.models import sagan
+  for f in sagan.ARCH_FIELDS:
     a, b = saved.model.get(f), config.model.get(f)
     if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
       a, b = tuple(a or ()), tuple(b or ())

@@ -378,8 +378,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _check(0 <= c.ema.decay < 1, "ema.decay", c.ema.decay, "must be in [0, 1)")
   _check(isinstance(c.ema.start_step, int) and c.ema.start_step >= 0, "ema.start_step",
          c.ema.start_step, "must be an integer >= 0")
-  _check(c.data.source in ("digits", "tfds", "folder"), "data.source", c.data.source,
-         "use 'digits', 'tfds' or 'folder'")
+  from sagan_jax.data.source import SOURCES  # the registry (imports no reader)
+  _check(c.data.source in SOURCES, "data.source", c.data.source,
+         f"use one of {sorted(SOURCES)}")
   _check(c.data.source != "folder" or bool(c.data.dir), "data.dir", c.data.dir,
          "set it to the image folder (one subfolder per class) for data.source='folder'")
   _check(c.data.train_crop in ("random", "center"), "data.train_crop", c.data.train_crop,

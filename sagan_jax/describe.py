@@ -22,7 +22,7 @@ import json
 
 from absl import app, flags
 
-from sagan_jax import errors, utils
+from sagan_jax import command, errors
 
 FLAGS = flags.FLAGS
 
@@ -124,7 +124,7 @@ def describe(config, batch: int | None = None, mesh_size: int = 0,
   return info
 
 
-@utils.cli_main
+@command.cli_main
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -141,7 +141,7 @@ def main(argv):
 
 
 def define_flags() -> None:
-  utils.define_config_flag("Config: a built-in name (digits, imagenet128:official, ...) or a "
+  command.define_config_flag("Config: a built-in name (digits, imagenet128:official, ...) or a "
                            "file (configs/*.py[:variant]).")
   flags.DEFINE_integer("batch", None, "Global batch to compile for (default: config's).")
   flags.DEFINE_integer("mesh", 0, "Compile for this many devices (0: all visible). "
@@ -152,4 +152,4 @@ def define_flags() -> None:
 
 
 if __name__ == "__main__":
-  utils.run(main, define_flags)
+  command.run(main, define_flags)

@@ -1,6 +1,6 @@
 """The mistakes a user can fix, as exception types.
 
-Every command catches `UserError` at its top (`utils.cli_main`), prints the
+Every command catches `UserError` at its top (`command.cli_main`), prints the
 message once on stderr as `error: ...` and exits with status 2: no
 traceback, because the message already says what is wrong and what to do.
 Anything else that escapes is a bug in sagan_jax and keeps its traceback.

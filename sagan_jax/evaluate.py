@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 
-from sagan_jax import errors, utils
+from sagan_jax import command, errors, utils
 from sagan_jax.errors import check_flag
 
 FLAGS = flags.FLAGS
@@ -125,7 +125,7 @@ def define_flags() -> None:
     if alias not in FLAGS:
       flags.DEFINE_alias(alias, name)
   if "config" not in FLAGS:
-    utils.define_config_flag("Training config, a built-in name or a file, for "
+    command.define_config_flag("Training config, a built-in name or a file, for "
                              "--compute_ref_stats over its dataset (--split). Not given: "
                              "--ref_images or --samples.", lock_config=False)
 
@@ -350,7 +350,7 @@ def _json_value(v):
   return v
 
 
-@utils.cli_main
+@command.cli_main
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -361,4 +361,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  utils.run(main)
+  command.run(main)

@@ -21,8 +21,9 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from sagan_jax import (checkpointing, collapse, config_base, errors, experiments, images,
-                       integrity, parallel, peers, profiling, runlock, sampling, utils)
+from sagan_jax import (checkpointing, collapse, errors, experiments, images, integrity,
+                       parallel, peers, preflight, profiling, runlock, sampling, stopping,
+                       utils)
 from sagan_jax.state import abstract_state, create_state
 
 # Folded into the noise key after a rollback (a number no step reaches).
@@ -57,7 +58,7 @@ def check_source(source, m) -> None:
 def nonfinite_problem(scalars: dict[str, float], state, check_state: bool) -> str:
   """'' if the metrics (and, with check_state, the whole state) may be logged or saved;
   otherwise what is NaN/Inf."""
-  bad = utils.nonfinite(scalars)
+  bad = stopping.nonfinite(scalars)
   if bad:
     return f"non-finite values {bad}"
   if check_state and not checkpointing.all_finite(state):
@@ -189,7 +190,7 @@ class Loop:
     if policy == "stop" or p.rollbacks >= c.max_rollbacks:
       spent = p.rollbacks if policy == "rollback" else None
       if kind == "nan":
-        raise errors.NonFiniteLossError(utils.nonfinite_message(
+        raise errors.NonFiniteLossError(stopping.nonfinite_message(
             what, p.step, p.last_ckpt, self.workdir, spent))
       raise errors.CollapseError(collapse_message(what, p.step, p.last_ckpt, self.workdir,
                                                   spent, self.best_step()))
@@ -254,7 +255,7 @@ class Loop:
     profiler = profiling.StepProfiler(c.profile_steps, self.workdir)
     failed = False
     try:
-      with utils.Preemption() as preempt:
+      with stopping.Preemption() as preempt:
         while self.pos.step < end:
           if self.one_step(end, clock, profiler, preempt):
             break
@@ -352,10 +353,7 @@ def collapse_message(what: str, step: int, last_ckpt: int | None, workdir: str,
 def run(config: ml_collections.ConfigDict, workdir: str, *, mesh=None,
         stop_after: int | None = None, make_step: Callable) -> Any:
   """Validates, takes the workdir's lock, trains until config.total_steps (or stop_after)."""
-  # Every check that needs no data, compile or write comes first.
-  workdir = integrity.resolve_workdir(workdir)
-  config_base.validate(config)
-  integrity.check_workdir(workdir)
+  workdir = preflight.preflight(config, workdir)   # nothing read, compiled or written yet
   mesh = mesh if mesh is not None else parallel.make_mesh(config.mesh.num_devices)
   parallel.check_batch_size(config.batch_size, mesh)
   from sagan_jax import summaries

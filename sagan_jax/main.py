@@ -20,10 +20,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags
 
-from sagan_jax import errors, utils
+from sagan_jax import command, errors, utils
 
 FLAGS = flags.FLAGS
-utils.define_config_flag("Config: a built-in name (digits, tiny, imagenet128, "
+command.define_config_flag("Config: a built-in name (digits, tiny, imagenet128, "
                          "imagenet128:official, cifar10, folder) or a file "
                          "(configs/*.py[:variant]).")
 flags.DEFINE_string("workdir", None, "Directory (relative, absolute, ~/..., or gs://) for "
@@ -32,19 +32,16 @@ flags.DEFINE_string("workdir", None, "Directory (relative, absolute, ~/..., or g
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-@utils.cli_main
+@command.cli_main
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from sagan_jax import config_base, cpu_devices, distributed, integrity
-  # Checked here before jax.distributed waits for the other hosts (up to minutes);
-  # train_and_evaluate checks again for callers that use it as a library.
-  workdir = integrity.resolve_workdir(FLAGS.workdir)
+  from sagan_jax import cpu_devices, distributed, preflight
   n, i = FLAGS.num_processes, FLAGS.process_id
   errors.check_flag(n is None or i is None or i < n, "process_id", i,
                     f"must be below --num_processes={n} (processes count from 0)")
-  config_base.validate(FLAGS.config)
-  integrity.check_workdir(workdir)
+  # Before jax.distributed waits for the other hosts (up to minutes).
+  workdir = preflight.preflight(FLAGS.config, FLAGS.workdir)
   plan = distributed.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id,
                                 heartbeat_timeout=FLAGS.config.heartbeat_timeout_s)
   cpu_devices.configure(FLAGS.config.batch_size, FLAGS.config.mesh.num_devices, plan.init)
@@ -60,4 +57,4 @@ def _define_distributed_flags():
 
 
 if __name__ == "__main__":
-  utils.run(main, _define_distributed_flags)
+  command.run(main, _define_distributed_flags)

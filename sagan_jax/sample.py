@@ -26,7 +26,7 @@ import numpy as np
 from absl import app, flags
 from etils import epath
 
-from sagan_jax import api, errors, exploration, images, utils
+from sagan_jax import api, command, errors, exploration, images, utils
 from sagan_jax.sampling import balanced_labels
 from sagan_jax.state import generator_variables
 
@@ -92,7 +92,7 @@ def check_flags() -> None:
         "must be > 0 (e.g. 0.5; leave it out for no truncation)")
 
 
-@utils.cli_main
+@command.cli_main
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -171,4 +171,4 @@ def define_flags() -> None:
 
 
 if __name__ == "__main__":
-  utils.run(main, define_flags)
+  command.run(main, define_flags)

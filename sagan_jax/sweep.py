@@ -31,7 +31,7 @@ import time
 
 from absl import app, flags
 
-from sagan_jax import errors, sweep_report, utils
+from sagan_jax import command, errors, sweep_report, utils
 from sagan_jax.sweep_report import read_state, steps_done, write_state
 
 FLAGS = flags.FLAGS
@@ -176,7 +176,7 @@ def sweep(spec: str, variants: list[str], seeds: list[int], workdir: str,
 def _overrides(argv: list[str]) -> dict:
   """{field: value} of the --config.<field> flags, typed as the parsed --config holds them."""
   from sagan_jax import config_base
-  _, names = utils.config_args(argv)
+  _, names = command.config_args(argv)
   out = {}
   for name in names:
     node, leaf = config_base.field(FLAGS.config, name)
@@ -184,18 +184,18 @@ def _overrides(argv: list[str]) -> dict:
   return out
 
 
-@utils.cli_main
+@command.cli_main
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  spec = utils.config_args(sys.argv)[0]
+  spec = command.config_args(sys.argv)[0]
   sweep(spec, parse_list(FLAGS.variants, "variants"), parse_seeds(FLAGS.seeds),
         FLAGS.workdir, _overrides(sys.argv), FLAGS.only or "", FLAGS.summarise,
         FLAGS.in_process)
 
 
 def define_flags():
-  utils.define_config_flag("Config, a built-in name or a file (configs/*.py), without a "
+  command.define_config_flag("Config, a built-in name or a file (configs/*.py), without a "
                            "variant; --config.<field>=<value> goes to every member.")
   flags.DEFINE_string("variants", None, "Comma-separated variants of the config file, e.g. "
                       "baseline,sn_gd,sn_gd_ttur,noattn (sagan_jax/experiments.py).")
@@ -210,4 +210,4 @@ def define_flags():
 
 
 if __name__ == "__main__":
-  utils.run(main, define_flags)
+  command.run(main, define_flags)

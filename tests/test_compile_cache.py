@@ -110,9 +110,9 @@ def test_remote_path_is_not_probed(tmp_path):
 
 
 def test_every_command_enables_the_cache(monkeypatch):
-  # main, sample, evaluate, describe and convert all run their `main` through utils.cli_main.
-  from sagan_jax import utils
+  # main, sample, evaluate, describe and convert all run their `main` through command.cli_main.
+  from sagan_jax import command
   calls = []
   monkeypatch.setattr(compile_cache, "enable", lambda: calls.append("enable"))
-  assert utils.cli_main(lambda argv: calls.append("main") or 0)(["cmd"]) == 0
+  assert command.cli_main(lambda argv: calls.append("main") or 0)(["cmd"]) == 0
   assert calls == ["enable", "main"]

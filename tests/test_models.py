@@ -66,3 +66,37 @@ def test_d_attention_sizes_match_block_outputs():
   assert [b.out_ch for b in arch.g_blocks] == [1024, 512, 256, 128, 64]
   with pytest.raises(ValueError, match="not supported"):
     architecture(48, 64)
+
+
+# Each config.model field with another valid value for the tiny config (resolution 16, ch 16,
+# attention at 8). A new model field must be added here: the test then says whether it
+# belongs in sagan.SHAPE_FIELDS (the fields a checkpoint restore compares).
+_OTHER_VALUE = {
+    "resolution": 32, "ch": 24, "d_ch": 8, "z_dim": 16, "num_classes": 0,
+    "g_attention": (), "d_attention": (), "g_residual": (8,), "d_residual": (8,),
+    "g_sn": False, "d_sn": False, "d_relu_shortcut": True,
+    "sn_eps": 1e-6, "sn_init_iters": 1, "bn_eps": 1e-3, "bn_momentum": 0.5,
+    "bn_group_size": 4, "init": "orthogonal", "dtype": "bfloat16", "conv_impl": "xla",
+    "attention_impl": "xla",
+}
+
+
+def _variable_trees(m):
+  g, d = sagan.generator_from_config(m), sagan.discriminator_from_config(m)
+  z, y = jnp.zeros((2, m.z_dim)), jnp.zeros((2,), jnp.int32)
+  x = jnp.zeros((2, m.resolution, m.resolution, 3))
+  shapes = lambda tree: jax.tree.map(lambda a: a.shape, tree)
+  return (shapes(_shapes(g, z, y, train=False)), shapes(_shapes(d, x, y, update_sn=False)))
+
+
+def test_shape_fields_are_exactly_the_fields_that_change_the_variables():
+  from sagan_jax import config_base
+  base = load_config("tiny")
+  assert set(_OTHER_VALUE) == set(base.model.keys()), "classify the new config.model field"
+  before = _variable_trees(base.model)
+  for field, value in _OTHER_VALUE.items():
+    c = load_config("tiny")
+    c.model[field] = value
+    config_base.validate(c)
+    changed = _variable_trees(c.model) != before
+    assert changed == (field in sagan.SHAPE_FIELDS), (field, changed)

@@ -48,7 +48,7 @@ WORKER = textwrap.dedent("""
 
     import numpy as np
     from flax import traverse_util
-    from sagan_jax import images, train, utils
+    from sagan_jax import images, stopping, train
     from tests.conftest import load_config  # also shares the compile cache
 
     # Record what the loop does without changing it.
@@ -82,7 +82,7 @@ WORKER = textwrap.dedent("""
     np.savez(out, **arrays)
     # The multi-process preemption poll (allgather of the SIGTERM flags): a
     # request seen by process 1 alone stops both.
-    with utils.Preemption() as preempt:
+    with stopping.Preemption() as preempt:
       polled = preempt.should_stop(10)
       preempt.requested = pid == 1
       agreed = preempt.should_stop(20)

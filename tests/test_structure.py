@@ -84,8 +84,8 @@ def test_find_cycle_sees_a_circle():
 
 def test_imports_are_read_from_the_sources():
   graph = {m: imported_modules(m) for m in MODULES}
-  assert graph["sagan_jax.data.pipeline"] >= {"sagan_jax.data.tfds_source",
-                                              "sagan_jax.data.folder"}
+  assert graph["sagan_jax.data.pipeline"] >= {"sagan_jax.data.source",
+                                              "sagan_jax.data.reader"}
   assert "sagan_jax.state" in graph["sagan_jax.train"]
 
 
@@ -113,3 +113,18 @@ def test_each_data_module_imports_alone_without_tensorflow(name):
   code = (f"import sys, {name}; "
           "assert 'tensorflow' not in sys.modules, 'tensorflow imported'")
   subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_every_data_source_is_one_registered_module():
+  """config.data.source's choices are data/source.SOURCES: each names a module that makes
+  its own Source or is a tf.data reader; validate's message lists exactly those."""
+  from sagan_jax import config_base, errors
+  from sagan_jax.data import source
+  for name in source.SOURCES:
+    module = source.source_module(name)
+    assert hasattr(module, "make_source") or (
+        hasattr(module, "train_reader") and hasattr(module, "eval_reader")), name
+  c = config_base.load("tiny")
+  c.data.source = "imagenet"
+  with pytest.raises(errors.ConfigError, match=str(sorted(source.SOURCES)).replace("[", r"\[")):
+    config_base.validate(c)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sagan_jax import checkpointing, config_base, data, errors, parallel, train, utils
+from sagan_jax import checkpointing, config_base, data, errors, parallel, stopping, train
 from sagan_jax import state as state_lib
 from tests.conftest import load_config
 
@@ -149,13 +149,13 @@ def test_corrupt_checkpoint_gives_clear_error(tmp_path):
 
 
 def test_nonfinite_metrics_and_the_stop_message():
-  assert utils.nonfinite({"d_loss": float("nan"), "g_loss": 1.0, "x": float("inf")}) == {
+  assert stopping.nonfinite({"d_loss": float("nan"), "g_loss": 1.0, "x": float("inf")}) == {
       "d_loss": pytest.approx(float("nan"), nan_ok=True), "x": float("inf")}
-  assert utils.nonfinite({"d_loss": 0.5}) == {}
-  msg = utils.nonfinite_message("non-finite values", 7, 5, "/w")
+  assert stopping.nonfinite({"d_loss": 0.5}) == {}
+  msg = stopping.nonfinite_message("non-finite values", 7, 5, "/w")
   assert "at step 7" in msg and "last good checkpoint (step 5)" in msg and "on_nan" in msg
-  assert "no checkpoint was written yet" in utils.nonfinite_message("x", 7, None, "/w")
-  assert "after 2 rollbacks" in utils.nonfinite_message("x", 7, 5, "/w", rollbacks=2)
+  assert "no checkpoint was written yet" in stopping.nonfinite_message("x", 7, None, "/w")
+  assert "after 2 rollbacks" in stopping.nonfinite_message("x", 7, 5, "/w", rollbacks=2)
 
 
 def test_nan_in_training_is_caught(tmp_path, monkeypatch):

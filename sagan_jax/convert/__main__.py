@@ -22,7 +22,7 @@ import shlex
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from sagan_jax import utils
+from sagan_jax import command, utils
 
 FLAGS = flags.FLAGS
 
@@ -36,7 +36,7 @@ def define_flags() -> None:
                       "StudioGAN: 'best' or 'current' when the folder has both.")
   flags.DEFINE_bool("optimizer", True, "Convert the Adam states when present (--nooptimizer: "
                     "weights only; continued training then starts Adam afresh).")
-  utils.define_config_flag("sagan_jax config of the same architecture: a built-in name "
+  command.define_config_flag("sagan_jax config of the same architecture: a built-in name "
                            "(imagenet128, cifar10, ...) or a file (configs/*.py[:variant]).")
   flags.mark_flags_as_required(["from", "weights", "workdir", "config"])
 
@@ -53,7 +53,7 @@ def continue_command(config_spec: str, workdir: str, changes: list[str], overrid
           f"--workdir {shlex.quote(workdir)}{extra}")
 
 
-@utils.cli_main
+@command.cli_main
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -83,4 +83,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  utils.run(main, define_flags)
+  command.run(main, define_flags)

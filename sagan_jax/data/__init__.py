@@ -20,32 +20,24 @@ Modules (each imports only modules listed below it, so there are no circles):
                options, the class-count check
   transforms   TensorFlow on the CPU (`import_tf`), train/eval image transforms
   subset       `data.classes` / `data.examples_per_class`: which images a run uses
-  source       `Source`, `local_batch_size` (re-exported here)
+  source       `Source`, `local_batch_size`, the registry of sources `SOURCES`
+               (re-exported here)
 
 Problems with the data raise `sagan_jax.errors.DataError`.
 """
 
 from __future__ import annotations
 
-from sagan_jax.data.source import Source, local_batch_size
-from sagan_jax.errors import ConfigError
+from sagan_jax.data.source import SOURCES, Source, local_batch_size, source_module
 
-__all__ = ["Source", "local_batch_size", "make_source"]
-
+__all__ = ["SOURCES", "Source", "local_batch_size", "make_source", "source_module"]
 
 def make_source(config, *, process_index: int = 0, process_count: int = 1,
                 start_batch: int = 0) -> Source:
   """Builds the input source named by `config.data.source`."""
-  source = config.data.source
-  if source == "digits":
-    from sagan_jax.data import digits
-    return digits.make_source(config, process_index=process_index,
-                              process_count=process_count,
-                              start_batch=start_batch)
-  if source in ("tfds", "folder"):
+  module = source_module(config.data.source)
+  if not hasattr(module, "make_source"):   # a tf.data reader
     from sagan_jax.data import pipeline
-    return pipeline.make_source(config, process_index=process_index,
-                                process_count=process_count,
-                                start_batch=start_batch)
-  raise ConfigError(f"config.data.source={source!r} is invalid: use 'digits', 'tfds' or "
-                    "'folder'.")
+    module = pipeline
+  return module.make_source(config, process_index=process_index,
+                            process_count=process_count, start_batch=start_batch)

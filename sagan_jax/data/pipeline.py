@@ -34,20 +34,16 @@ from typing import Callable, Iterator
 import numpy as np
 from absl import logging
 
-from sagan_jax.data import folder, tfds_source
 from sagan_jax.errors import DataError
 from sagan_jax.data.reader import Reader, data_options
-from sagan_jax.data.source import Source, local_batch_size
+from sagan_jax.data.source import Source, local_batch_size, source_module
 from sagan_jax.data.transforms import eval_transform, import_tf, train_transform
 
 MAX_BAD_FRACTION = 0.1   # of a process's folder files that may fail to decode
 
-_READERS = {"tfds": tfds_source, "folder": folder}
-
-
 def _reader_module(config):
-  module = _READERS.get(config.data.source)
-  if module is None:
+  module = source_module(config.data.source)
+  if not hasattr(module, "train_reader"):
     raise ValueError(f"config.data.source={config.data.source!r} is not a tf.data source")
   return module
 

@@ -1,4 +1,5 @@
-"""What every input pipeline returns: `Source`, and the per-process batch size.
+"""Which input sources exist (`SOURCES`), what each returns (`Source`), the per-process
+batch size.
 
 Kept apart from the package's `__init__` so that the pipelines (digits,
 tf.data) can import it without importing the package's dispatcher back.
@@ -7,9 +8,25 @@ tf.data) can import it without importing the package's dispatcher back.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from typing import Iterator
 
 import numpy as np
+
+from sagan_jax.errors import ConfigError
+
+# config.data.source -> its module in this package: one with its own `make_source` (a source
+# of host batches), or a tf.data reader (`train_reader`, `eval_reader`) that `pipeline` runs.
+# A new kind of data is a module and a line here (config_base.validate reads the names).
+SOURCES = {"digits": "digits", "tfds": "tfds_source", "folder": "folder"}
+
+
+def source_module(source: str):
+  """The module of `config.data.source` (imported on first use: TensorFlow only when needed)."""
+  if source not in SOURCES:
+    raise ConfigError(f"config.data.source={source!r} is invalid: use one of "
+                      f"{sorted(SOURCES)}.")
+  return importlib.import_module(f"sagan_jax.data.{SOURCES[source]}")
 
 
 @dataclasses.dataclass

@@ -175,6 +175,15 @@ class Discriminator(nn.Module):
     return out
 
 
+# The config.model fields that set G's and D's variable trees (which arrays, their shapes);
+# the other model fields change numerics or speed, not the trees (tests/test_models.py
+# checks both halves). ARCH_FIELDS adds the ones that keep the variables but compute another
+# function of them. A checkpoint restores only into a config that agrees on all of these.
+SHAPE_FIELDS = ("resolution", "ch", "d_ch", "z_dim", "num_classes", "g_attention",
+                "d_attention", "g_residual", "d_residual", "g_sn", "d_sn")
+ARCH_FIELDS = SHAPE_FIELDS + ("d_relu_shortcut",)
+
+
 def generator_from_config(m, dtype=None) -> Generator:
   """Builds G from `config.model`."""
   return Generator(resolution=m.resolution, ch=m.ch, z_dim=m.z_dim,
