@@ -97,7 +97,7 @@ class Run:
     def batches():
       for i in range(num_passes):
         kz, ky = jax.random.split(jax.random.fold_in(key, i))
-        y = jax.random.randint(ky, (batch_size,), 0, m.num_classes) if m.num_classes else None
+        y = jax.random.randint(ky, (batch_size,), 0, max(m.num_classes, 1))  # 0: ignored
         yield jax.random.normal(kz, (batch_size, m.z_dim)), y
 
     name = "ema" if ema else "g"

@@ -22,11 +22,6 @@ from absl import logging
 
 from sagan_jax.errors import ConfigError, check_field
 
-# model.conv_impl values (sagan_jax.models.conv, conv_tune).
-CONV_IMPLS = ("auto", "tune", "xla", "im2col", "matmul", "shift")
-# model.attention_impl values (sagan_jax.models.attention).
-ATTENTION_IMPLS = ("auto", "einsum", "xla", "cudnn")
-
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -73,8 +68,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.bn_group_size = 0  # images per BN statistics group (0: whole global batch = cross-replica BN)
   c.model.init = "glorot"    # weight init: 'glorot' (paper), 'orthogonal', 'normal02'
   c.model.dtype = "float32"  # activation/matmul dtype: 'float32' or 'bfloat16'
-  c.model.conv_impl = "auto"  # conv algorithm: one of CONV_IMPLS (models/conv.py, conv_tune.py)
-  c.model.attention_impl = "auto"  # one of ATTENTION_IMPLS (models/attention.py): GPU bf16 fused
+  c.model.conv_impl = "auto"  # conv algorithm: one of models/conv_tune.CHOICES
+  c.model.attention_impl = "auto"  # one of models/attention.IMPLS: GPU bf16 fused
 
   c.optim = ml_collections.ConfigDict()
   c.optim.g_lr = 1e-4        # generator Adam learning rate (TTUR)
@@ -351,11 +346,12 @@ def validate(c: ml_collections.ConfigDict) -> None:
          f"use one of {sorted(layers.KERNEL_INITS)}")
   _check(m.dtype in ("float32", "bfloat16"), "model.dtype", m.dtype,
          "use 'float32' or 'bfloat16'")
-  _check(m.conv_impl in CONV_IMPLS, "model.conv_impl", m.conv_impl,
-         f"use one of {CONV_IMPLS} ('auto': a rule per shape on CPU, XLA's conv elsewhere; "
+  from sagan_jax.models import attention, conv_tune
+  _check(m.conv_impl in conv_tune.CHOICES, "model.conv_impl", m.conv_impl,
+         f"use one of {conv_tune.CHOICES} ('auto': a rule per shape on CPU, XLA's conv elsewhere; "
          "'tune': timed per shape on this CPU)")
-  _check(m.attention_impl in ATTENTION_IMPLS, "model.attention_impl", m.attention_impl,
-         f"use one of {ATTENTION_IMPLS}")
+  _check(m.attention_impl in attention.IMPLS, "model.attention_impl", m.attention_impl,
+         f"use one of {attention.IMPLS}")
   _check(m.sn_eps > 0, "model.sn_eps", m.sn_eps, "must be > 0")
   _check(isinstance(m.sn_init_iters, int) and m.sn_init_iters >= 0, "model.sn_init_iters",
          m.sn_init_iters, "must be an integer >= 0")

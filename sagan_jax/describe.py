@@ -59,7 +59,7 @@ def g_forward_flops(config, models, state, batch: int) -> float:
   from sagan_jax import sampling
   m = config.model
   z = jax.ShapeDtypeStruct((batch, m.z_dim), jnp.float32)
-  y = jax.ShapeDtypeStruct((batch,), jnp.int32) if m.num_classes else None
+  y = jax.ShapeDtypeStruct((batch,), jnp.int32)
   fn = sampling.jitted_generate(models.generator)
   return _flops(fn.lower(state.g, z, y).compile())
 

@@ -360,5 +360,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  define_flags()
-  command.run(main)
+  command.run(main, define_flags)

@@ -23,6 +23,8 @@ from absl import app, flags
 from sagan_jax import command, errors, utils
 
 FLAGS = flags.FLAGS
+# Defined at import, unlike the other commands' define_flags(): --config must be checked
+# before the distributed flags' module imports JAX (command.run's late definitions).
 command.define_config_flag("Config: a built-in name (digits, tiny, imagenet128, "
                          "imagenet128:official, cifar10, folder) or a file "
                          "(configs/*.py[:variant]).")

@@ -61,7 +61,7 @@ def write_attention(run: api.Run, classes, use_ema):
   z = exploration.truncated_z(jax.random.PRNGKey(FLAGS.seed), n, m.z_dim, FLAGS.truncation)
   out, maps = exploration.generate_with_attention(
       run.models.generator, generator_variables(run.state, use_ema), z,
-      jnp.asarray(labels) if m.num_classes else None)
+      jnp.asarray(labels))
   name = FLAGS.attention_layer or sorted(maps)[0]
   if name not in maps:
     raise app.UsageError(f"--attention_layer {name!r}: G has {sorted(maps)}")

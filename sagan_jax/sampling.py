@@ -50,8 +50,7 @@ def generate_from_state(config, models, state, labels: np.ndarray, seed: int = 0
       zb = jnp.asarray(z[i:i + batch_size])
       zb = jnp.concatenate([zb, jnp.zeros((pad, m.z_dim), zb.dtype)]) if pad else zb
     y_full = np.concatenate([y, np.zeros(pad, np.int32)]) if pad else y
-    lab = jnp.asarray(y_full, jnp.int32) if m.num_classes else None
-    out.append(images.to_uint8(gen(var, zb, lab))[:n])
+    out.append(images.to_uint8(gen(var, zb, jnp.asarray(y_full, jnp.int32)))[:n])
   return np.concatenate(out) if out else np.zeros((0, m.resolution, m.resolution, 3), np.uint8)
 
 

@@ -83,11 +83,6 @@ def make_models(config: ml_collections.ConfigDict) -> Models:
       d_tx=adam(o.d_lr, config.total_steps * o.n_critic))
 
 
-def class_labels(num_classes: int, labels: jax.Array) -> jax.Array | None:
-  """The labels for a conditional model, None for an unconditional one."""
-  return labels if num_classes > 0 else None
-
-
 def extra_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   """The keys of `TrainState.extra` for `config` (a resumed run's must match)."""
   return tuple(sorted(regularizers.active(config) +
@@ -107,7 +102,7 @@ def init_state(models: Models, config: ml_collections.ConfigDict, rng: jax.Array
   m = config.model
   g_key, d_key = jax.random.split(jax.random.fold_in(rng, 1))
   z = jnp.zeros((2, m.z_dim), jnp.float32)
-  y = class_labels(m.num_classes, jnp.zeros((2,), jnp.int32))
+  y = jnp.zeros((2,), jnp.int32)   # G and D ignore labels when unconditional
   x = jnp.zeros((2, m.resolution, m.resolution, 3), jnp.float32)
   g_vars = models.generator.init({"params": g_key}, z, y, train=False)
   d_vars = models.discriminator.init({"params": d_key}, x, y, update_sn=False)

@@ -30,7 +30,7 @@ import optax
 
 from sagan_jax import augment, images, losses, regularizers
 from sagan_jax.models import layers, sagan
-from sagan_jax.state import Models, TrainState, class_labels
+from sagan_jax.state import Models, TrainState
 
 PyTree = Any
 _AUG_SALT = 2**31 - 2   # folded into the step key for the augmentation draws
@@ -91,11 +91,11 @@ def _noise(key, b: int, config, z_sharding):
 def _one_d_update(d_params, d_opt, d_spectral, extra, real, y_real, fake, y_fake, aug_key, p,
                   *, models: Models, config):
   """One D step on concat(real, fake): new params, Adam state, SN state, extra, outputs."""
-  D, n = models.discriminator, config.model.num_classes
+  D = models.discriminator
   d_loss_fn = losses.LOSSES[config.loss][0]
   b = real.shape[0]
   x = d_view(config, jnp.concatenate([real, fake], axis=0), aug_key, p)
-  y = class_labels(n, jnp.concatenate([y_real, y_fake], axis=0))
+  y = jnp.concatenate([y_real, y_fake], axis=0)
 
   def loss_fn(params):
     out, new = D.apply({"params": params, "spectral": d_spectral}, x, y, update_sn=True,
@@ -122,14 +122,14 @@ def _one_d_update(d_params, d_opt, d_spectral, extra, real, y_real, fake, y_fake
 
 def d_update(state: TrainState, batch, key, p, *, models: Models, config, z_sharding):
   """The n_critic D updates: (D's variables, D's Adam state, state.extra, D's metrics)."""
-  G, n = models.generator, config.model.num_classes
+  G = models.generator
   b = batch["image"].shape[1]
   d_params, d_opt, d_spectral = state.d["params"], state.opt["d"], state.d["spectral"]
   extra, sign_real = dict(state.extra), 0.0
   for i in range(config.optim.n_critic):
     z, y_fake = _noise(jax.random.fold_in(key, i), b, config, z_sharding)
     # G in train mode (batch statistics); its state updates are kept only in the G step.
-    fake, _ = G.apply(state.g, z, class_labels(n, y_fake), train=True,
+    fake, _ = G.apply(state.g, z, y_fake, train=True,
                       mutable=["batch_stats", "spectral"])
     aug_key = jax.random.fold_in(jax.random.fold_in(key, _AUG_SALT), i)
     d_params, d_opt, d_spectral, extra, (loss, d_real, d_fake) = _one_d_update(
@@ -147,16 +147,16 @@ def d_update(state: TrainState, batch, key, p, *, models: Models, config, z_shar
 
 def g_update(state: TrainState, d_vars, b: int, key, p, *, models: Models, config, z_sharding):
   """One G update of batch b through D (D's SN state read only): (G's variables, Adam, loss)."""
-  G, D, n = models.generator, models.discriminator, config.model.num_classes
+  G, D = models.generator, models.discriminator
   g_loss_fn = losses.LOSSES[config.loss][1]
   k = config.optim.n_critic
   z, y_fake = _noise(jax.random.fold_in(key, k), b, config, z_sharding)
   aug_key = jax.random.fold_in(jax.random.fold_in(key, _AUG_SALT), k)
 
   def loss_fn(params):
-    fake, new = G.apply({**state.g, "params": params}, z, class_labels(n, y_fake),
+    fake, new = G.apply({**state.g, "params": params}, z, y_fake,
                         train=True, mutable=["batch_stats", "spectral"])
-    out = D.apply(d_vars, d_view(config, fake, aug_key, p), class_labels(n, y_fake),
+    out = D.apply(d_vars, d_view(config, fake, aug_key, p), y_fake,
                   update_sn=False)
     return g_loss_fn(out), new
 

@@ -45,6 +45,20 @@ def test_unconditional_model_has_no_class_tables():
   assert "scale" in gv["params"]["block1"]["bn1"]["bn"]
 
 
+def test_unconditional_models_ignore_the_labels_they_are_given():
+  """G and D own the conditioning: callers pass labels whatever num_classes is."""
+  g = Generator(resolution=16, ch=8, z_dim=16, num_classes=0, attention=(8,))
+  d = Discriminator(resolution=16, ch=8, num_classes=0, attention=(8,))
+  z, x = jax.random.normal(jax.random.PRNGKey(1), (4, 16)), jnp.zeros((4, 16, 16, 3))
+  gv = g.init(jax.random.PRNGKey(0), z, None, train=False)
+  dv = d.init(jax.random.PRNGKey(0), x, None, update_sn=False)
+  outs = [g.apply(gv, z, y, train=False) for y in (None, jnp.zeros(4, jnp.int32),
+                                                   jnp.arange(4, dtype=jnp.int32))]
+  logits = [d.apply(dv, outs[0], y, update_sn=False) for y in (None, jnp.arange(4) % 3)]
+  assert all(bool(jnp.array_equal(outs[0], o)) for o in outs[1:])
+  assert bool(jnp.array_equal(logits[0], logits[1]))
+
+
 @pytest.mark.parametrize("config,g,d", [
     ("imagenet128", 42_017_412, 39_448_258),
     ("imagenet128:official", 42_078_852, 39_463_618),

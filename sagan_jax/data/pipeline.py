@@ -125,7 +125,7 @@ def _augment(tf, ds, config, aug_seed: int, encoded: bool):
   """(image, label, index) -> {"image": train transform, "label", "index"}."""
   res = config.model.resolution
   flip = bool(config.data.random_flip)
-  crop = config.data.get("train_crop", "random")
+  crop = config.data.train_crop
 
   def fn(image, label, index):
     seed = tf.stack([tf.constant(aug_seed, tf.int64), tf.cast(index, tf.int64)])

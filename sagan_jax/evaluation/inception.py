@@ -154,18 +154,6 @@ def param_shapes(include_fc: bool = True) -> dict[str, tuple[int, ...]]:
   return out
 
 
-def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
-  """{'a/b/kernel': x} -> {'a': {'b': {'kernel': x}}}."""
-  tree: dict[str, Any] = {}
-  for key, value in flat.items():
-    node = tree
-    *parents, leaf = key.split("/")
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = value
-  return tree
-
-
 # ----------------------------------------------------------------------------
 # The network.
 

@@ -44,6 +44,8 @@ _MAX_FLOPS = 4e9    # above this, timing 4 candidates would cost seconds: use th
 _ROUNDS = 5         # alternating timed rounds per candidate
 _MARGIN = 0.9       # a candidate must take < 90% of XLA's time to replace it
 _CACHE_FILE = "conv_impl.json"
+# model.conv_impl: a rule per shape ('auto'), timed per shape ('tune'), or one implementation.
+CHOICES = ("auto", "tune") + conv.IMPLS
 # Timed for 'auto': they differ only in the weight gradient ('matmul' is there to be asked for).
 CANDIDATES = ("xla", "im2col", "shift")
 

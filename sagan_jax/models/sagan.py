@@ -84,6 +84,11 @@ def architecture(resolution: int, ch: int) -> Architecture:
 
 
 class Generator(nn.Module):
+  """z [B, z_dim], labels int32 [B] -> images [B, R, R, 3] in [-1, 1].
+
+  G owns its conditioning: with num_classes == 0 it is unconditional and
+  ignores `labels` (callers pass them, or None, either way).
+  """
   resolution: int = 128
   ch: int = 64
   z_dim: int = 128
@@ -128,6 +133,8 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
+  """images [B, R, R, 3], labels int32 [B] -> logits [B]; the projection term only when
+  num_classes > 0 (an unconditional D ignores `labels`, which may then be None)."""
   resolution: int = 128
   ch: int = 64
   num_classes: int = 1000
