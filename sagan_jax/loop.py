@@ -85,12 +85,15 @@ class Clock:
     sps = self.rate(step)
     ada = (f" | ADA p {scalars['ada_p']:.3f} r_t {scalars['ada_rt']:.2f}"
            if "ada_p" in scalars else "")
+    # No step timed yet (the run's first step, which compiles): no speed, no ETA.
+    speed = (f"{sps:.2f} steps/s {sps * batch:.1f} img/s" if sps > 0
+             else "first step (compiling)")
+    eta = utils.format_duration((end - step) / sps) if sps > 0 else "--"
     text = ("step %d/%d | d_loss %.4f g_loss %.4f | D(x) %.3f D(G(z)) %.3f%s | "
-            "%.2f steps/s %.1f img/s | elapsed %s ETA %s") % (
+            "%s | elapsed %s ETA %s") % (
                 step, end, scalars["d_loss"], scalars["g_loss"], scalars["d_real"],
-                scalars["d_fake"], ada, sps, sps * batch,
-                utils.format_duration(time.time() - self.start),
-                utils.format_duration((end - step) / max(sps, 1e-9)))
+                scalars["d_fake"], ada, speed, utils.format_duration(time.time() - self.start),
+                eta)
     self.mark(step)
     return text, sps
 

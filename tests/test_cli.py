@@ -71,6 +71,7 @@ def test_train_then_sample_and_npz(tmp_path):
   assert np.asarray(Image.open(interp)).shape == (2 * 18 + 2, 5 * 18 + 2, 3)
 
 
+@pytest.mark.slow   # default suite: the SIGTERM test below relaunches and resumes
 def test_rerun_resumes_and_finishes(tmp_path):
   wd = str(tmp_path / "run")
   run("sagan_jax.main", "--config", "configs/tiny.py", "--workdir", wd, "--config.total_steps=5",

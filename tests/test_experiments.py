@@ -157,7 +157,7 @@ def _train_two_steps_and_resume(v, workdir):
   return config, done
 
 
-@pytest.mark.parametrize("v", ["baseline", "residual8"])
+@pytest.mark.parametrize("v", ["baseline", pytest.param("residual8", marks=pytest.mark.slow)])
 def test_variant_trains_two_steps_and_resumes(v, tmp_path):
   config, state = _train_two_steps_and_resume(v, str(tmp_path))
   if not config.model.g_sn:

@@ -68,6 +68,8 @@ def test_help_of_every_command_exits_0(installed):
   assert bad.returncode == 2 and bad.stderr.startswith("error: unknown command 'trian'")
 
 
+@pytest.mark.slow   # default suite: test_docs runs README's relative-path train, sample,
+                   # evaluate and load from a fresh copy; test_cli's SIGTERM test resumes
 def test_train_resume_sample_evaluate_load_with_relative_paths(installed):
   cwd = installed[2]
   p = _run(installed, "sagan-jax", "train", "--config", "tiny", "--workdir", "w")

@@ -108,6 +108,7 @@ def test_n_critic_two_runs_two_d_updates():
   assert int(jax.tree.leaves(jax.device_get(state.opt["g"]))[0]) == 1
 
 
+@pytest.mark.slow   # default suite: test_recovery's kill -9 test resumes bit for bit
 def test_resume_gives_same_parameters(tmp_path):
   config = load_config("tiny", total_steps=4, checkpoint_every=2, log_every=2, sample_every=0)
   mesh = parallel.make_mesh(1)
@@ -232,3 +233,18 @@ def test_fid_eval_without_reference_stats_is_refused():
     training_evals.make_all(config, state_lib.make_models(config), parallel.make_mesh(1))
   with pytest.raises(errors.ConfigError, match="eval.ref_stats"):
     config_base.validate(config)  # refused before anything is built
+
+
+def test_progress_line_has_no_speed_or_eta_before_a_step_was_timed(monkeypatch):
+  from sagan_jax import loop
+  now = [100.0]
+  monkeypatch.setattr(loop.time, "time", lambda: now[0])
+  clock = loop.Clock(step=1)     # the run's first step (it compiles) is not timed
+  scalars = {"d_loss": 1.0, "g_loss": 2.0, "d_real": 0.5, "d_fake": -0.5}
+  now[0] += 30.0
+  text, sps = clock.line(1, 101, scalars, batch=8)
+  assert sps == 0 and "first step (compiling)" in text and text.endswith("ETA --")
+  now[0] += 10.0                 # 50 steps in 10 s: 5 steps/s, 50 steps left
+  text, sps = clock.line(51, 101, scalars, batch=8)
+  assert sps == 5.0 and "5.00 steps/s 40.0 img/s" in text
+  assert "elapsed 0m40s ETA 0m10s" in text
