@@ -18,10 +18,19 @@ Local and network filesystems: the file is held with `fcntl.flock` for the
 whole run, so the check and the take-over are atomic between processes of
 this host (and of other hosts where the filesystem supports flock, e.g. NFS
 with lockd), and the kernel drops the flock when the process dies.
-`gs://` and other remote paths (etils.epath) have no locks and epath offers
-no generation-matched create: there the lock is create-if-absent plus the
-heartbeat, so two jobs started within the same second or so can both pass
-the check (one read and one write apart); a job started any later is refused.
+`gs://` has no locks, but its objects have generations: when the client
+library `google-cloud-storage` is importable (not a dependency of sagan_jax:
+`pip install google-cloud-storage`), the lock object is written only under a
+generation precondition (`gcs_lock`): created only if absent, a dead job's
+replaced only if it is still the generation that was judged, each heartbeat
+only over this job's own last write, deleted only if still ours. Of two jobs started at the
+same moment exactly one wins, the other is refused as above; a job whose lock
+another job took over (its heartbeat had been judged stale) warns once and
+stops renewing it. Without the library (logged once) and on other remote paths
+(etils.epath: no locks, no generation-matched create) the lock is
+create-if-absent plus the heartbeat, so two jobs started within the same
+second or so can both pass the check (one read and one write apart); a job
+started any later is refused.
 
 `sample`, `evaluate` and `sagan_jax.load` only read a run and never take the lock.
 """
@@ -42,7 +51,7 @@ from typing import Any
 
 from etils import epath
 
-from sagan_jax import errors, utils
+from sagan_jax import errors, gcs_lock, utils
 
 LOCK_NAME = "RUNNING.json"
 HEARTBEAT_EVERY_S = 30.0   # how often the running job renews the heartbeat
@@ -118,11 +127,20 @@ def _read(path) -> dict[str, Any] | None:
       text = path.read_text()
   except (FileNotFoundError, OSError):
     return None
+  return _parse(text)
+
+
+def _parse(text: str) -> dict[str, Any] | None:
   try:
     info = json.loads(text) if text.strip() else None
   except ValueError:
     return None   # a torn write of a dead job: as if absent
   return info if isinstance(info, dict) else None
+
+
+def _unknown() -> dict[str, Any]:
+  """Stands in for a lock that is gone or unreadable by the time the message is written."""
+  return {"host": "?", "pid": "?", "heartbeat": time.time()}
 
 
 def _command() -> str:
@@ -142,6 +160,8 @@ class RunLock:
     # Local paths through os (epath may route them through TensorFlow's gfile).
     self.path = str(lock_path(workdir)) if not _remote(workdir) else lock_path(workdir)
     self._made_dir: str | None = None   # the workdir, if this lock created it
+    # gs:// with google-cloud-storage: generation-matched writes (else None: epath or flock).
+    self._gcs = gcs_lock.open_lock(str(self.path)) if workdir.startswith("gs://") else None
     self.coordinator = coordinator
     self.process_count = process_count
     self.heartbeat_every = heartbeat_every
@@ -162,7 +182,10 @@ class RunLock:
                  "coordinator": self.coordinator, "command": _command(),
                  "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
                  "heartbeat": time.time()}
-    if _remote(self.workdir):
+    generation = 0
+    if self._gcs is not None:
+      found, generation = self._gcs_read()
+    elif _remote(self.workdir):
       self.path.parent.mkdir(parents=True, exist_ok=True)
       found = _read(self.path)
     else:
@@ -175,10 +198,16 @@ class RunLock:
       self._close_fd()
       self._remove_made_dir()
       raise errors.WorkdirBusyError(busy_message(self.workdir, found, self.stale_after))
+    if self._gcs is not None:
+      winner = self._gcs_write(generation)   # only over what was judged (0: only if absent)
+      if winner is not None:                 # another job wrote first: it won the race
+        raise errors.WorkdirBusyError(busy_message(self.workdir, winner or _unknown(),
+                                                   self.stale_after))
+    else:
+      self._write()
     if verdict.stale_reason:
       utils.say("warning: taking over the lock of a training job that is no longer running "
                 "(%s; %s)", describe_job(found), verdict.stale_reason, err=True)
-    self._write()
     self._thread = threading.Thread(target=self._beat, name="sagan_runlock", daemon=True)
     self._thread.start()
 
@@ -193,7 +222,7 @@ class RunLock:
         os.close(fd)
         if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
           raise
-        info = _read(self.path) or {"host": "?", "pid": "?", "heartbeat": time.time()}
+        info = _read(self.path) or _unknown()
         raise errors.WorkdirBusyError(busy_message(self.workdir, info, self.stale_after))
       try:
         same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
@@ -205,6 +234,37 @@ class RunLock:
       os.close(fd)
     raise errors.WorkdirBusyError(f"--workdir {self.workdir}: could not take {self.path} "
                                   "(another job keeps replacing it); choose another --workdir.")
+
+  # -- gs:// through google-cloud-storage --------------------------------------
+  def _gcs_read(self) -> tuple[dict[str, Any] | None, int]:
+    data, generation = self._gcs.read()
+    return _parse(data.decode(errors="replace") if data is not None else ""), generation
+
+  def _gcs_write(self, generation: int) -> dict[str, Any] | None:
+    """Writes the lock over `generation`: None if it is ours now, else the lock another job
+    wrote first ({} if it is gone or unreadable again)."""
+    if self._gcs.write(json.dumps(self.info, indent=1).encode(), generation):
+      return None
+    found, now = self._gcs_read()
+    if found and found.get("token") == self.token:   # a retried write whose first try landed
+      self._gcs.generation = now
+      return None
+    return found or {}
+
+  def _renew_gcs(self) -> bool:
+    """One heartbeat over our own last write; False (warned once) once the lock is not ours."""
+    with self._io:
+      if self._gcs.generation is None:   # released
+        return False
+      other = self._gcs_write(self._gcs.generation)
+      if other is None:
+        return True
+      self._gcs.generation = None
+    utils.say("warning: another training job took over the workdir lock %s (%s): this job's "
+              "heartbeat was judged too old. This job goes on but no longer renews the lock; "
+              "two jobs now write to --workdir %s: stop one of them.", self.path,
+              describe_job(other or _unknown()), self.workdir, err=True)
+    return False
 
   def _write(self) -> None:
     data = json.dumps(self.info, indent=1)
@@ -224,8 +284,11 @@ class RunLock:
     while not self._stop.wait(self.heartbeat_every):
       self.info["heartbeat"] = time.time()
       try:
-        self._write()
-      except OSError as e:   # a full disk or a network hiccup must not kill the run
+        if self._gcs is None:
+          self._write()
+        elif not self._renew_gcs():
+          return
+      except Exception as e:  # noqa: BLE001 - a full disk, a network or storage hiccup: go on
         utils.say("warning: could not renew the workdir lock %s: %s", self.path, e, err=True)
 
   def release(self) -> None:
@@ -235,7 +298,9 @@ class RunLock:
       self._thread.join(timeout=5)
     self._thread = None
     with self._io:
-      if self.info and (_read(self.path) or {}).get("token") == self.token:
+      if self._gcs is not None:
+        self._gcs.delete()   # (only our own generation)
+      elif self.info and (_read(self.path) or {}).get("token") == self.token:
         try:
           os.unlink(self.path) if isinstance(self.path, str) else self.path.unlink()
         except FileNotFoundError:
@@ -258,11 +323,15 @@ class RunLock:
       os.close(self._fd)   # (drops the flock)
       self._fd = None
 
+  def read(self) -> dict[str, Any] | None:
+    """The lock as it is now in the workdir (None if there is none or it is unreadable)."""
+    return self._gcs_read()[0] if self._gcs is not None else _read(self.path)
+
   # -- other processes ---------------------------------------------------------
   def admit(self, token: str) -> None:
     """A process other than 0: checks that the lock it sees is process 0's of this job."""
     self.token = token
-    found = _read(self.path) or {}
+    found = self.read() or {}
     if found.get("token") != token:
       raise errors.WorkdirBusyError(
           f"--workdir {self.workdir}: process 0 of this job took the lock {self.path} but "
@@ -302,8 +371,7 @@ def acquire_for_job(workdir: str) -> RunLock:
       raise refusal
     return lock
   if shared[0]:
-    info = _read(lock.path) or {"host": "?", "pid": "?", "heartbeat": time.time()}
-    raise errors.WorkdirBusyError(busy_message(workdir, info))
+    raise errors.WorkdirBusyError(busy_message(workdir, lock.read() or _unknown()))
   lock.admit(bytes(shared[1:].astype(np.uint8)).hex())
   return lock
 
