@@ -64,8 +64,8 @@ def write_jpegs(root: str, n: int, classes: int = 10) -> float:
 
 def measure(config, threads: int | None, seconds: float) -> tuple[float, float]:
   """(images per wall-clock second, images per CPU-second this process used)."""
-  from sagan_jax.data import pipeline
-  it = iter(pipeline.train_dataset(config, threads=threads).dataset)
+  from sagan_jax.data import DataSpec, pipeline
+  it = iter(pipeline.train_dataset(DataSpec.of(config), threads=threads).dataset)
   for _ in range(3):  # warm-up: tracing, autotune, thread start
     next(it)
   n, t0, c0 = 0, time.perf_counter(), time.process_time()

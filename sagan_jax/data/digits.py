@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from sagan_jax.data import subset
-from sagan_jax.data.source import Source, local_batch_size
+from sagan_jax.data.source import DataSpec, Source, local_batch_size
 
 NUM_CLASSES = 10
 
@@ -50,21 +50,23 @@ def sample_indices(seed: int, n: int, start: int, count: int) -> np.ndarray:
   return out
 
 
-def make_source(config, *, process_index: int = 0, process_count: int = 1,
+def make_source(spec: DataSpec, *, process_index: int = 0, process_count: int = 1,
                 start_batch: int = 0) -> Source:
-  res = config.model.resolution
+  """The endless digits stream of `spec` (see the module docstring); process p's share."""
+  res = spec.resolution
   imgs, labels = load(res)
   num_classes = NUM_CLASSES
-  if subset.active(config.data):
-    keep, labels = subset.select(labels, NUM_CLASSES, config.data, "the digits data")
-    imgs, num_classes = imgs[keep], subset.num_classes(config.data, NUM_CLASSES)
-  gbs = config.batch_size
+  if subset.active(spec.data):
+    keep, labels = subset.select(labels, NUM_CLASSES, spec.data, "the digits data")
+    imgs, num_classes = imgs[keep], subset.num_classes(spec.data, NUM_CLASSES)
+  gbs = spec.batch_size
   lbs = local_batch_size(gbs, process_count)
+  seed = spec.seed
 
   def gen():
     k = start_batch
     while True:
-      idx = sample_indices(config.seed, len(imgs), k * gbs + process_index * lbs, lbs)
+      idx = sample_indices(seed, len(imgs), k * gbs + process_index * lbs, lbs)
       yield {"image": imgs[idx], "label": labels[idx]}
       k += 1
 

@@ -18,7 +18,8 @@ read the bucket. Each process lists the whole folder and keeps every
 disjoint, cover the folder and stay the same when a run resumes.
 
 The reader (`train_reader`, `eval_reader`; called by `sagan_jax.data.pipeline`
-for config.data.source='folder') turns this process's share into a `Reader` of
+with the run's `DataSpec` for config.data.source='folder') turns this
+process's share into a `Reader` of
 (encoded bytes, label[, index]): for training a fresh seeded permutation of
 the whole share every epoch (file names are small), endlessly; for evaluation
 once, in order. Before reading, the first files are test-decoded until one
@@ -35,6 +36,7 @@ from absl import logging
 from sagan_jax.errors import DataError
 from sagan_jax.data import subset
 from sagan_jax.data.reader import Reader, check_classes, data_options
+from sagan_jax.data.source import DataSpec
 from sagan_jax.data.transforms import import_tf
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
@@ -166,15 +168,18 @@ def _probe(tf, paths) -> None:
       "images and that this machine may read them.")
 
 
-def _index(config, split=None, training: bool = True) -> FolderIndex:
-  """The scanned folder (only config.data's subset of it), its class count checked."""
-  index = scan(config.data.dir, split or config.data.split)
-  if subset.active(config.data):
-    keep, labels = subset.select(index.labels, index.num_classes, config.data,
+def _index(data_config, num_classes: int, split=None, training: bool = True) -> FolderIndex:
+  """The scanned folder (only data_config's subset of it), its class count checked.
+
+  num_classes: the model's class count the folder's must suit (0: any).
+  """
+  index = scan(data_config.dir, split or data_config.split)
+  if subset.active(data_config):
+    keep, labels = subset.select(index.labels, index.num_classes, data_config,
                                  f"image folder {index.root}", training=training)
-    names = tuple(index.class_names[k] for k in tuple(config.data.classes)) or index.class_names
+    names = tuple(index.class_names[k] for k in tuple(data_config.classes)) or index.class_names
     index = FolderIndex(index.root, names, tuple(index.paths[i] for i in keep), labels)
-  check_classes(config, index.num_classes, f"{index.num_classes} class subfolders",
+  check_classes(num_classes, index.num_classes, f"{index.num_classes} class subfolders",
                 f"image folder {index.root}")
   return index
 
@@ -186,14 +191,14 @@ def _epoch_order(tf, n: int, seed: int, epoch):
   return tf.argsort(u, stable=True)
 
 
-def train_reader(config, *, process_index: int, process_count: int, seeds,
+def train_reader(spec: DataSpec, *, process_index: int, process_count: int, seeds,
                  threads: int | None) -> Reader:
   """Endless (bytes, label, index) of this process's files, a new order each epoch.
 
   seeds[1] seeds the epoch permutations (see `pipeline.stream_seeds`).
   """
   tf = import_tf()
-  index = _index(config)
+  index = _index(spec.data, spec.num_classes)
   mine = shard_indices(len(index.paths), process_index, process_count)
   if len(mine) == 0:
     raise DataError(f"image folder {index.root} has {len(index.paths)} images, fewer than "
@@ -225,14 +230,14 @@ def train_reader(config, *, process_index: int, process_count: int, seeds,
   return Reader(ds, True, index.num_classes, f"folder:{index.root}", path_of, n)
 
 
-def eval_reader(config, split: str | None, *, process_index: int, process_count: int,
+def eval_reader(spec: DataSpec, split: str | None, *, process_index: int, process_count: int,
                 num_images: int | None) -> Reader:
   """(bytes, label) of this process's files in `split` (if that subfolder exists), in order.
 
   num_images: only the first that many of this process's files.
   """
   tf = import_tf()
-  index = _index(config, split, training=False)
+  index = _index(spec.data, spec.num_classes, split, training=False)
   mine = shard_indices(len(index.paths), process_index, process_count)
   paths = [index.paths[i] for i in mine]
   labels = index.labels[mine]

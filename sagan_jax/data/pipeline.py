@@ -1,13 +1,15 @@
 """The tf.data input pipeline: readers in, host-local numpy batches out.
 
-`make_source(config, ...)` (called by `sagan_jax.data.make_source` for
-`config.data.source` 'tfds' or 'folder') returns an infinite `Source` of
-host-local batches {"image": uint8 [B, R, R, 3], "label": int32 [B]},
-B = config.batch_size // process_count, R = config.model.resolution.
-`make_eval_iterator(config, ...)` yields the same dicts once over a split,
+`make_source(spec, ...)` (called by `sagan_jax.data.make_source` with
+`DataSpec.of(config)` for `config.data.source` 'tfds' or 'folder') returns an
+infinite `Source` of host-local batches {"image": uint8 [B, R, R, 3],
+"label": int32 [B]}, B = config.batch_size // process_count,
+R = config.model.resolution. `make_eval_iterator(config, ...)` (an entry
+point: it takes the whole config) yields the same dicts once over a split,
 in order, with the evaluation transform (for reference statistics).
-`train_dataset` is the batched training tf.data.Dataset behind `make_source`
-(benchmarks/input_pipeline.py measures it).
+`train_dataset(spec, ...)` is the batched training tf.data.Dataset behind
+`make_source` (benchmarks/input_pipeline.py measures it). The reader modules
+get the spec (`train_reader(spec, ...)`, `eval_reader(spec, split, ...)`).
 
 Pipeline per process (TensorFlow runs on the CPU only; see `transforms`):
 
@@ -36,25 +38,26 @@ from absl import logging
 
 from sagan_jax.errors import DataError
 from sagan_jax.data.reader import Reader, data_options
-from sagan_jax.data.source import Source, local_batch_size, source_module
+from sagan_jax.data.source import DataSpec, Source, local_batch_size, source_module
 from sagan_jax.data.transforms import eval_transform, import_tf, train_transform
 
 MAX_BAD_FRACTION = 0.1   # of a process's folder files that may fail to decode
 
-def _reader_module(config):
-  module = source_module(config.data.source)
+def _reader_module(source: str):
+  """The tf.data reader module of config.data.source=`source`."""
+  module = source_module(source)
   if not hasattr(module, "train_reader"):
-    raise ValueError(f"config.data.source={config.data.source!r} is not a tf.data source")
+    raise ValueError(f"config.data.source={source!r} is not a tf.data source")
   return module
 
 
-def stream_seeds(config, process_index: int, start_batch: int) -> np.ndarray:
-  """Four 31-bit seeds from (config.seed, process_index, start_batch).
+def stream_seeds(seed: int, process_index: int, start_batch: int) -> np.ndarray:
+  """Four 31-bit seeds from (seed = config.seed, process_index, start_batch).
 
   [0] the TFDS file order, [1] the TFDS shuffle buffer or the folder's epoch
   order, [2] the augmentation, [3] unused.
   """
-  entropy = [int(config.seed) % 2**63, int(process_index), int(start_batch)]
+  entropy = [int(seed) % 2**63, int(process_index), int(start_batch)]
   return (np.random.SeedSequence(entropy).generate_state(4, np.uint64) % 2**31).astype(np.int64)
 
 
@@ -121,15 +124,14 @@ def _batched(tf, ds, reader: Reader, batch: int, *, drop_remainder: bool,
   return ds.with_options(data_options(threads))
 
 
-def _augment(tf, ds, config, aug_seed: int, encoded: bool):
-  """(image, label, index) -> {"image": train transform, "label", "index"}."""
-  res = config.model.resolution
-  flip = bool(config.data.random_flip)
-  crop = config.data.train_crop
+def _augment(tf, ds, data_config, resolution: int, aug_seed: int, encoded: bool):
+  """(image, label, index) -> {"image": train transform to `resolution`, "label", "index"}."""
+  flip = bool(data_config.random_flip)
+  crop = data_config.train_crop
 
   def fn(image, label, index):
     seed = tf.stack([tf.constant(aug_seed, tf.int64), tf.cast(index, tf.int64)])
-    return {"image": train_transform(image, seed, res, random_flip=flip, crop=crop,
+    return {"image": train_transform(image, seed, resolution, random_flip=flip, crop=crop,
                                      encoded=encoded),
             "label": label, "index": index}
 
@@ -147,34 +149,34 @@ class TrainDataset:
   num_files: int
 
 
-def train_dataset(config, *, process_index: int = 0, process_count: int = 1,
+def train_dataset(spec: DataSpec, *, process_index: int = 0, process_count: int = 1,
                   start_batch: int = 0, threads: int | None = None) -> TrainDataset:
   """The batched training dataset behind `make_source`.
 
   `threads` limits tf.data's thread pool (benchmarks).
   """
   tf = import_tf()
-  batch = local_batch_size(config.batch_size, process_count)
-  module = _reader_module(config)
-  seeds = stream_seeds(config, process_index, start_batch)
-  reader = module.train_reader(config, process_index=process_index,
+  batch = local_batch_size(spec.batch_size, process_count)
+  module = _reader_module(spec.data.source)
+  seeds = stream_seeds(spec.seed, process_index, start_batch)
+  reader = module.train_reader(spec, process_index=process_index,
                                process_count=process_count, seeds=seeds, threads=threads)
-  ds = _augment(tf, reader.dataset, config, int(seeds[2]), reader.encoded)
+  ds = _augment(tf, reader.dataset, spec.data, spec.resolution, int(seeds[2]), reader.encoded)
   ds = _batched(tf, ds, reader, batch, drop_remainder=True, threads=threads)
   return TrainDataset(ds, reader.num_classes, reader.name, reader.path_of, reader.num_files)
 
 
-def make_source(config, *, process_index: int = 0, process_count: int = 1,
+def make_source(spec: DataSpec, *, process_index: int = 0, process_count: int = 1,
                 start_batch: int = 0) -> Source:
   """Infinite Source of this process's batches; DataError if the data is unusable."""
-  train = train_dataset(config, process_index=process_index, process_count=process_count,
+  train = train_dataset(spec, process_index=process_index, process_count=process_count,
                         start_batch=start_batch)
   logging.info("Input %s: process %d of %d, local batch %d, resolution %d, %d classes.",
                train.name, process_index, process_count,
-               local_batch_size(config.batch_size, process_count), config.model.resolution,
+               local_batch_size(spec.batch_size, process_count), spec.resolution,
                train.num_classes)
   return Source(_Batches(train.dataset, train.path_of, train.num_files), train.num_classes,
-                config.model.resolution, train.name)
+                spec.resolution, train.name)
 
 
 def make_eval_iterator(config, split: str | None = None, batch_size: int = 256,
@@ -189,9 +191,10 @@ def make_eval_iterator(config, split: str | None = None, batch_size: int = 256,
   `skipped_files` names folder files that could not be decoded.
   """
   tf = import_tf()
-  res = config.model.resolution
-  reader = _reader_module(config).eval_reader(
-      config, split, process_index=process_index, process_count=process_count,
+  spec = DataSpec.of(config)
+  res = spec.resolution
+  reader = _reader_module(spec.data.source).eval_reader(
+      spec, split, process_index=process_index, process_count=process_count,
       num_images=num_images)
   ds = reader.dataset
   if num_images is not None:

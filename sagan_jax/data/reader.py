@@ -1,12 +1,12 @@
 """What a tf.data reader (TFDS or image folder) hands the pipeline.
 
 A reader (`tfds_source.train_reader` / `eval_reader`, `folder.train_reader` /
-`eval_reader`) checks the data against the config and returns a `Reader`: an
-unbatched tf.data.Dataset plus what the pipeline needs to transform, batch
-and report it. Both readers also use `data_options` (the tf.data options of
-every dataset here) and `check_classes` (the dataset's class count against
-config.model.num_classes), so those live here, below the readers and the
-pipeline that imports them.
+`eval_reader`, given the run's `source.DataSpec`) checks the data against it
+and returns a `Reader`: an unbatched tf.data.Dataset plus what the pipeline
+needs to transform, batch and report it. Both readers also use `data_options`
+(the tf.data options of every dataset here) and `check_classes` (the
+dataset's class count against config.model.num_classes), so those live here,
+below the readers and the pipeline that imports them.
 """
 
 from __future__ import annotations
@@ -54,9 +54,12 @@ def data_options(threads: int | None):
   return options
 
 
-def check_classes(config, found: int, what: str, where: str) -> None:
-  """DataError unless `found` classes suit config.model.num_classes (0: any)."""
-  want = config.model.num_classes
+def check_classes(num_classes: int, found: int, what: str, where: str) -> None:
+  """DataError unless `found` classes suit the model's `num_classes` (0: any).
+
+  num_classes is config.model.num_classes, which the messages name.
+  """
+  want = num_classes
   if want == 0:
     if found > 1:
       logging.info("%s has %d classes; config.model.num_classes=0 trains an unconditional "

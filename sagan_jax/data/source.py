@@ -1,5 +1,5 @@
-"""Which input sources exist (`SOURCES`), what each returns (`Source`), the per-process
-batch size.
+"""Which input sources exist (`SOURCES`), what each reads of the config (`DataSpec`), what
+each returns (`Source`), the per-process batch size.
 
 Kept apart from the package's `__init__` so that the pipelines (digits,
 tf.data) can import it without importing the package's dispatcher back.
@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
 from sagan_jax.errors import ConfigError
 
-# config.data.source -> its module in this package: one with its own `make_source` (a source
-# of host batches), or a tf.data reader (`train_reader`, `eval_reader`) that `pipeline` runs.
-# A new kind of data is a module and a line here (config_base.validate reads the names).
+# config.data.source -> its module in this package: one with its own
+# `make_source(spec, *, process_index, process_count, start_batch) -> Source` (a source of
+# host batches; `data.make_source` calls it with `DataSpec.of(config)`), or a tf.data reader
+# (`train_reader(spec, *, process_index, process_count, seeds, threads)` and
+# `eval_reader(spec, split, *, process_index, process_count, num_images)`, each returning a
+# `reader.Reader`) that `pipeline` runs. A new kind of data is a module and a line here
+# (config_base.validate reads the names).
 SOURCES = {"digits": "digits", "tfds": "tfds_source", "folder": "folder"}
 
 
@@ -27,6 +31,31 @@ def source_module(source: str):
     raise ConfigError(f"config.data.source={source!r} is invalid: use one of "
                       f"{sorted(SOURCES)}.")
   return importlib.import_module(f"sagan_jax.data.{SOURCES[source]}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+  """What the data modules read of a run's config; `DataSpec.of(config)` builds it.
+
+  data: config.data (source, name, dir, split, keys, crop, flip, shuffle buffer, subset).
+  batch_size: the global batch (config.batch_size).
+  seed: config.seed, which seeds the stream with the process and the start batch.
+  resolution: the model's image size (config.model.resolution).
+  num_classes: the model's class count (config.model.num_classes; 0 = unconditional),
+    which the data's class count must suit.
+  """
+
+  data: Any
+  batch_size: int
+  seed: int
+  resolution: int
+  num_classes: int
+
+  @classmethod
+  def of(cls, config) -> DataSpec:
+    """The spec of a full config: the only place in `sagan_jax.data` that reads one."""
+    return cls(data=config.data, batch_size=config.batch_size, seed=config.seed,
+               resolution=config.model.resolution, num_classes=config.model.num_classes)
 
 
 @dataclasses.dataclass

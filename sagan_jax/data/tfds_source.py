@@ -1,9 +1,9 @@
 """The TFDS reader: one process's share of a prepared TFDS dataset.
 
-`train_reader` and `eval_reader` (called by `sagan_jax.data.pipeline` for
-config.data.source='tfds') open `config.data.name` in the data_dir
-(config.data.dir, else TFDS_DATA_DIR, else the TFDS default), check its
-image/label features against the config, and return a `Reader` of
+`train_reader` and `eval_reader` (called by `sagan_jax.data.pipeline` with the
+run's `DataSpec` for config.data.source='tfds') open `config.data.name` in the
+data_dir (config.data.dir, else TFDS_DATA_DIR, else the TFDS default), check
+its image/label features against the spec, and return a `Reader` of
 (image, label[, index]). Each process reads its share of the split
 (`tfds.split_for_jax_process`). For training the files are read in a seeded
 shuffled order, then shuffled in a buffer of config.data.shuffle_buffer and
@@ -22,6 +22,7 @@ import os
 from sagan_jax.errors import DataError
 from sagan_jax.data import subset
 from sagan_jax.data.reader import Reader, check_classes, data_options
+from sagan_jax.data.source import DataSpec
 from sagan_jax.data.transforms import import_tf
 
 IMAGENET_TARS = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
@@ -76,11 +77,12 @@ def _prepare_message(name: str, data_dir: str | None, tfds) -> str:
           "TFDS_DATA_DIR) at it. See docs/data.md.")
 
 
-def _builder(config):
+def _builder(data_config):
+  """(tfds, the builder of data_config.name, its data_dir); DataError if it cannot open."""
   tf = import_tf()
   import tensorflow_datasets as tfds
-  name = config.data.name
-  data_dir = tfds_data_dir(config.data.dir)
+  name = data_config.name
+  data_dir = tfds_data_dir(data_config.dir)
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
@@ -94,11 +96,14 @@ def _builder(config):
   return tfds, builder, data_dir
 
 
-def _features(config, builder) -> tuple[bool, int]:
-  """(image feature is encoded, number of classes); DataError if unusable."""
+def _features(data_config, model_classes: int, builder) -> tuple[bool, int]:
+  """(image feature is encoded, number of classes); DataError if unusable.
+
+  model_classes: the model's class count the dataset's must suit (0: any).
+  """
   import tensorflow_datasets as tfds
   feats = builder.info.features
-  name, ikey, lkey = config.data.name, config.data.image_key, config.data.label_key
+  name, ikey, lkey = data_config.name, data_config.image_key, data_config.label_key
   if ikey not in feats:
     raise DataError(f"TFDS dataset {name!r} has no feature {ikey!r} "
                     f"(features: {sorted(feats.keys())}); set --config.data.image_key.")
@@ -112,21 +117,21 @@ def _features(config, builder) -> tuple[bool, int]:
                       f"({type(lf).__name__}); set --config.data.label_key to a ClassLabel "
                       "feature, or --config.model.num_classes=0.")
     num_classes = lf.num_classes
-  classes = tuple(config.data.classes)
+  classes = tuple(data_config.classes)
   if classes:
     subset.check_classes(classes, num_classes, f"TFDS dataset {name!r} (feature {lkey!r})")
-  check_classes(config, len(classes) or num_classes, f"feature {lkey!r}",
+  check_classes(model_classes, len(classes) or num_classes, f"feature {lkey!r}",
                 f"TFDS dataset {name!r}" + (" (config.data.classes)" if classes else ""))
   return encoded, num_classes
 
 
-def _read(config, split, *, shuffle_files: bool, file_seed: int | None,
-          threads: int | None) -> Reader:
-  """A Reader of (image, label) over `split`, or DataError."""
+def _read(data_config, model_classes: int, split, *, shuffle_files: bool,
+          file_seed: int | None, threads: int | None) -> Reader:
+  """A Reader of (image, label) over `split`, or DataError (see `_features`)."""
   tf = import_tf()
-  tfds, builder, data_dir = _builder(config)
-  encoded, num_classes = _features(config, builder)
-  ikey, lkey = config.data.image_key, config.data.label_key
+  tfds, builder, data_dir = _builder(data_config)
+  encoded, num_classes = _features(data_config, model_classes, builder)
+  ikey, lkey = data_config.image_key, data_config.label_key
   read_config = tfds.ReadConfig(shuffle_seed=file_seed, shuffle_reshuffle_each_iteration=True,
                                 options=data_options(threads))
   decoders = {ikey: tfds.decode.SkipDecoding()} if encoded else None
@@ -134,13 +139,13 @@ def _read(config, split, *, shuffle_files: bool, file_seed: int | None,
     ds = builder.as_dataset(split=split, shuffle_files=shuffle_files, read_config=read_config,
                             decoders=decoders)
   except AssertionError as e:  # "could not find data in ..."
-    raise DataError(_prepare_message(config.data.name, data_dir, tfds)) from e
+    raise DataError(_prepare_message(data_config.name, data_dir, tfds)) from e
   except (ValueError, KeyError) as e:
     splits = sorted(builder.info.splits.keys())
-    raise DataError(f"cannot read split {split!r} of TFDS dataset {config.data.name!r}: {e}. "
+    raise DataError(f"cannot read split {split!r} of TFDS dataset {data_config.name!r}: {e}. "
                     f"Available splits: {splits}; set --config.data.split.") from e
   except tf.errors.OpError as e:
-    raise DataError(f"cannot read TFDS dataset {config.data.name!r} in {data_dir}: "
+    raise DataError(f"cannot read TFDS dataset {data_config.name!r} in {data_dir}: "
                     f"{e.message}") from e
   has_label = num_classes > 0
 
@@ -149,7 +154,7 @@ def _read(config, split, *, shuffle_files: bool, file_seed: int | None,
     return ex[ikey], label
 
   ds = ds.map(pick, num_parallel_calls=tf.data.AUTOTUNE)
-  classes = tuple(config.data.classes)
+  classes = tuple(data_config.classes)
   if classes:   # keep those classes; model label k = source class classes[k]
     position = [-1] * num_classes
     for k, c in enumerate(classes):
@@ -158,20 +163,19 @@ def _read(config, split, *, shuffle_files: bool, file_seed: int | None,
     ds = ds.map(lambda image, label: (image, tf.gather(table, label)))
     ds = ds.filter(lambda image, label: label >= 0)
     num_classes = len(classes)
-  return Reader(ds, encoded, num_classes, f"tfds:{config.data.name}")
+  return Reader(ds, encoded, num_classes, f"tfds:{data_config.name}")
 
 
-def _split_name(config, process_index, process_count, split=None):
-  """`split` (default config.data.split), or this process's share of it."""
+def _split_name(split: str, process_index: int, process_count: int) -> str:
+  """`split`, or this process's share of it."""
   import tensorflow_datasets as tfds
-  split = split or config.data.split
   if process_count == 1:
     return split
   return tfds.split_for_jax_process(split, process_index=process_index,
                                     process_count=process_count)
 
 
-def train_reader(config, *, process_index: int, process_count: int, seeds,
+def train_reader(spec: DataSpec, *, process_index: int, process_count: int, seeds,
                  threads: int | None) -> Reader:
   """Endless (image, label, index) of this process's share, shuffled.
 
@@ -179,23 +183,25 @@ def train_reader(config, *, process_index: int, process_count: int, seeds,
   `pipeline.stream_seeds`).
   """
   import_tf()  # hides accelerators from TF before any dataset is built
-  split = _split_name(config, process_index, process_count)
-  reader = _read(config, split, shuffle_files=True, file_seed=int(seeds[0]), threads=threads)
+  split = _split_name(spec.data.split, process_index, process_count)
+  reader = _read(spec.data, spec.num_classes, split, shuffle_files=True,
+                 file_seed=int(seeds[0]), threads=threads)
   ds = reader.dataset
-  if config.data.shuffle_buffer > 1:
-    ds = ds.shuffle(config.data.shuffle_buffer, seed=int(seeds[1]),
+  if spec.data.shuffle_buffer > 1:
+    ds = ds.shuffle(spec.data.shuffle_buffer, seed=int(seeds[1]),
                     reshuffle_each_iteration=True)
   ds = ds.repeat().enumerate().map(lambda k, x: (x[0], x[1], k))
   return dataclasses.replace(reader, dataset=ds)
 
 
-def eval_reader(config, split: str | None, *, process_index: int, process_count: int,
+def eval_reader(spec: DataSpec, split: str | None, *, process_index: int, process_count: int,
                 num_images: int | None) -> Reader:
-  """(image, label) of this process's share of `split`, once, in order.
+  """(image, label) of this process's share of `split` (default data.split), once, in order.
 
   num_images is not needed here: the pipeline stops after that many and
   TFDS reads lazily.
   """
   del num_images
-  name = _split_name(config, process_index, process_count, split)
-  return _read(config, name, shuffle_files=False, file_seed=None, threads=None)
+  name = _split_name(split or spec.data.split, process_index, process_count)
+  return _read(spec.data, spec.num_classes, name, shuffle_files=False, file_seed=None,
+               threads=None)
