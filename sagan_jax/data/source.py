@@ -17,8 +17,17 @@ from sagan_jax.errors import ConfigError
 
 # config.data.source -> its module in this package: one with its own `make_source` (a source
 # of host batches), or a tf.data reader (`train_reader`, `eval_reader`) that `pipeline` runs.
-# A new kind of data is a module and a line here (config_base.validate reads the names).
+# A new kind of data is a module and a line here (check_config below reads the names).
 SOURCES = {"digits": "digits", "tfds": "tfds_source", "folder": "folder"}
+
+
+def check_config(c) -> None:
+  """ConfigError for `data.source` (one of SOURCES) and a folder source without `data.dir`."""
+  from sagan_jax.errors import check_field
+  check_field(c.data.source in SOURCES, "data.source", c.data.source,
+              f"use one of {sorted(SOURCES)}")
+  check_field(c.data.source != "folder" or bool(c.data.dir), "data.dir", c.data.dir,
+              "set it to the image folder (one subfolder per class) for data.source='folder'")
 
 
 def source_module(source: str):
