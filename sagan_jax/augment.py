@@ -123,7 +123,7 @@ def augment(x: jax.Array, key: jax.Array, policy: tuple[str, ...], p) -> jax.Arr
 
 
 def check_config(c) -> None:
-  """ConfigError naming the first config.augment field that cannot work (config_base.validate)."""
+  """ConfigError naming the first config.augment field that cannot work (preflight.check_config)."""
   a = c.augment
   parse_policy(a.policy)
   check_field(0 <= a.p <= 1, "augment.p", a.p, "must be in [0, 1]")

@@ -126,7 +126,7 @@ class Watch:
 
 
 def check_config(c) -> None:
-  """ConfigError naming the first collapse field that cannot work (config_base.validate)."""
+  """ConfigError naming the first collapse field that cannot work (preflight.check_config)."""
   check_field(c.on_collapse in ("warn", "rollback", "stop"), "on_collapse", c.on_collapse,
               "use 'warn', 'rollback' or 'stop'")
   check_field(isinstance(c.collapse_window, int) and c.collapse_window >= 2, "collapse_window",

@@ -3,9 +3,12 @@
 Config files in `configs/` start from `base_config()` and override what they
 need; `get_config(variant)` may take a variant name, chosen on the command
 line as `--config configs/imagenet128.py:official` (ml_collections'
-convention) or in Python with `load("configs/imagenet128.py:official")`. `validate(config)` runs before anything is built and names the field
-that is wrong, so a bad `--config.x=y` fails in the first second, not after
-compilation.
+convention) or in Python with `load("configs/imagenet128.py:official")`. `validate(config)` checks the fields
+on their own (types, ranges) and imports nothing of the package;
+`preflight.check_config` adds the checks of the modules that own a field's
+choices (the model tables, losses, data sources, evaluators, ...). Both run
+before anything is built and name the field that is wrong, so a bad
+`--config.x=y` fails in the first second, not after compilation.
 """
 
 from __future__ import annotations
@@ -294,15 +297,11 @@ def _parse_like(old, value, key: str):
 _check = check_field   # the one wording of every config check
 
 
-def block_resolutions(resolution: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-  """Feature-map sizes after each G block and each D block (for attention)."""
-  from sagan_jax.models import sagan  # local: keep configs importable alone
-  arch = sagan.architecture(resolution, 1)
-  return tuple(b.out_res for b in arch.g_blocks), tuple(b.out_res for b in arch.d_blocks)
-
-
 def validate(c: ml_collections.ConfigDict) -> None:
-  """Raises ConfigError naming the first field whose value cannot work."""
+  """Raises ConfigError naming the first field whose value cannot work on its own (types and
+  ranges). The fields whose choices live in other modules (losses, the model's tables and
+  implementations, data sources, evaluators, augmentation, regularisers, collapse, subsets)
+  are checked by those modules; `preflight.check_config` runs both."""
   for f in ("total_steps", "batch_size", "log_every", "checkpoint_every",
             "keep_checkpoints"):
     _check(isinstance(c[f], int) and c[f] > 0, f, c[f], "must be a positive integer")
@@ -317,41 +316,18 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _check(isinstance(c.heartbeat_timeout_s, int) and c.heartbeat_timeout_s >= 10,
          "heartbeat_timeout_s", c.heartbeat_timeout_s, "must be an integer >= 10 (seconds)")
   m = c.model
-  from sagan_jax import losses  # (local: keep configs importable alone)
-  from sagan_jax.models import layers, sagan
-  _check(m.resolution in sagan.RESOLUTIONS, "model.resolution", m.resolution,
-         f"use one of {sagan.RESOLUTIONS}")
   for f in ("ch", "z_dim"):
     _check(isinstance(m[f], int) and m[f] > 0, f"model.{f}", m[f], "must be a positive integer")
   _check(isinstance(m.d_ch, int) and m.d_ch >= 0, "model.d_ch", m.d_ch,
          "must be an integer >= 0 (0 = same as model.ch)")
-  for f, width, attention in (("ch", m.ch, m.g_attention),
-                              ("d_ch", m.d_ch or m.ch, m.d_attention)):
-    _check(width % 8 == 0 or not attention, f"model.{f}", m[f],
-           "must be a multiple of 8 when self-attention is used (theta/phi have C/8 channels)")
   _check(isinstance(m.num_classes, int) and m.num_classes >= 0, "model.num_classes",
          m.num_classes, "must be an integer >= 0 (0 = unconditional)")
-  g_res, d_res = block_resolutions(m.resolution)
-  for f, allowed in (("g_attention", g_res), ("d_attention", d_res),
-                     ("g_residual", g_res), ("d_residual", d_res)):
-    vals = tuple(m[f])
-    _check(all(v in allowed for v in vals), f"model.{f}", vals,
-           f"sizes must be feature-map sizes of this model: {sorted(set(allowed))}")
   for f in ("g_sn", "d_sn"):
     _check(isinstance(m[f], bool), f"model.{f}", m[f], "must be True or False")
   _check(isinstance(m.d_relu_shortcut, bool), "model.d_relu_shortcut", m.d_relu_shortcut,
          "must be True or False")
-  _check(c.loss in losses.LOSSES, "loss", c.loss, f"use one of {sorted(losses.LOSSES)}")
-  _check(m.init in layers.KERNEL_INITS, "model.init", m.init,
-         f"use one of {sorted(layers.KERNEL_INITS)}")
   _check(m.dtype in ("float32", "bfloat16"), "model.dtype", m.dtype,
          "use 'float32' or 'bfloat16'")
-  from sagan_jax.models import attention, conv_tune
-  _check(m.conv_impl in conv_tune.CHOICES, "model.conv_impl", m.conv_impl,
-         f"use one of {conv_tune.CHOICES} ('auto': a rule per shape on CPU, XLA's conv elsewhere; "
-         "'tune': timed per shape on this CPU)")
-  _check(m.attention_impl in attention.IMPLS, "model.attention_impl", m.attention_impl,
-         f"use one of {attention.IMPLS}")
   _check(m.sn_eps > 0, "model.sn_eps", m.sn_eps, "must be > 0")
   _check(isinstance(m.sn_init_iters, int) and m.sn_init_iters >= 0, "model.sn_init_iters",
          m.sn_init_iters, "must be an integer >= 0")
@@ -374,21 +350,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _check(0 <= c.ema.decay < 1, "ema.decay", c.ema.decay, "must be in [0, 1)")
   _check(isinstance(c.ema.start_step, int) and c.ema.start_step >= 0, "ema.start_step",
          c.ema.start_step, "must be an integer >= 0")
-  from sagan_jax.data.source import SOURCES  # the registry (imports no reader)
-  _check(c.data.source in SOURCES, "data.source", c.data.source,
-         f"use one of {sorted(SOURCES)}")
-  _check(c.data.source != "folder" or bool(c.data.dir), "data.dir", c.data.dir,
-         "set it to the image folder (one subfolder per class) for data.source='folder'")
   _check(c.data.train_crop in ("random", "center"), "data.train_crop", c.data.train_crop,
          "use 'random' (square crop of the short side at a random position) or 'center'")
   _check(isinstance(c.eval.num_samples, int) and c.eval.num_samples > 0, "eval.num_samples",
          c.eval.num_samples, "must be a positive integer")
-  # The modules that own the other fields check them (local imports: configs stay importable).
-  from sagan_jax import augment, collapse, regularizers
-  from sagan_jax.data import subset
-  from sagan_jax.evaluation import training_evals
-  for module in (collapse, augment, regularizers, subset, sagan, training_evals):
-    module.check_config(c)
   _check(isinstance(c.mesh.num_devices, int) and c.mesh.num_devices >= 0,
          "mesh.num_devices", c.mesh.num_devices, "must be an integer >= 0 (0 = all)")
 

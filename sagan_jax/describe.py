@@ -73,8 +73,8 @@ def _flops(compiled) -> float:
 
 def describe(config, batch: int | None = None, mesh_size: int = 0,
              compile_flops: bool = True) -> dict:
-  from sagan_jax import config_base, parallel, state as state_lib
-  config_base.validate(config)
+  from sagan_jax import parallel, preflight, state as state_lib
+  preflight.check_config(config)
   mesh = parallel.make_mesh(mesh_size) if compile_flops else None
   models, state = state_lib.abstract_state(config, mesh)
   rows = module_rows(state.g["params"], "G") + module_rows(state.d["params"], "D")

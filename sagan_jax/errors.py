@@ -44,7 +44,7 @@ class WeightsNotFoundError(UserError, FileNotFoundError):
 
 def check_field(ok: bool, field: str, value, want: str) -> None:
   """Raises ConfigError `config.field=value is invalid: want.` unless `ok` (every config check:
-  config_base.validate and the modules that check their own fields)."""
+  config_base.validate and the modules' check_config that preflight.check_config runs)."""
   if not ok:
     raise ConfigError(f"config.{field}={value!r} is invalid: {want}.")
 

@@ -38,8 +38,8 @@ FIXED = ("baseline", "sn_gd", "sn_gd_ttur", "sngan", "noattn")
 
 def sizes(resolution: int) -> tuple[int, ...]:
   """Feature-map sizes where both G and D have a block output (featK / residualK's K)."""
-  from sagan_jax import config_base
-  g_res, d_res = config_base.block_resolutions(resolution)
+  from sagan_jax.models import sagan  # local: config files import this module
+  g_res, d_res = sagan.block_resolutions(resolution)
   return tuple(sorted(set(g_res) & set(d_res)))
 
 

@@ -30,3 +30,9 @@ LOSSES = {
     "hinge": (hinge_d, hinge_g),
     "nonsaturating": (nonsaturating_d, nonsaturating_g),
 }
+
+
+def check_config(c) -> None:
+  """ConfigError unless `config.loss` names one of LOSSES (preflight.check_config)."""
+  from sagan_jax.errors import check_field
+  check_field(c.loss in LOSSES, "loss", c.loss, f"use one of {sorted(LOSSES)}")

@@ -66,7 +66,7 @@ _REGISTRY: dict[str, tuple[Callable, Callable, str]] = {
 
 
 def check_config(c) -> None:
-  """ConfigError naming the first regulariser field that cannot work (config_base.validate)."""
+  """ConfigError naming the first regulariser field that cannot work (preflight.check_config)."""
   o = c.optim
   check_field(o.lecam_weight >= 0, "optim.lecam_weight", o.lecam_weight, "must be >= 0 (0 = off)")
   check_field(0 <= o.lecam_decay < 1, "optim.lecam_decay", o.lecam_decay, "must be in [0, 1)")

@@ -80,14 +80,14 @@ def member_config(spec: str, member: Member, overrides: dict):
 
 def check_variants(spec: str, variants: list[str], overrides: dict) -> dict:
   """{variant: its config (seed 0)}; an unknown variant or a bad override is a flag error."""
-  from sagan_jax import config_base
+  from sagan_jax import preflight
   out = {}
   for v in variants:
     try:
       out[v] = member_config(spec, Member(v, 0), overrides)
     except errors.ConfigError as e:
       raise errors.ConfigError(f"--variants: {spec} cannot make variant {v!r}: {e}") from None
-    config_base.validate(out[v])
+    preflight.check_config(out[v])
   return out
 
 

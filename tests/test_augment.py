@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from sagan_jax import augment, config_base, errors, parallel, regularizers
+from sagan_jax import augment, errors, parallel, preflight, regularizers
 from tests.conftest import load_config
 
 KEY = jax.random.PRNGKey(3)
@@ -134,7 +134,7 @@ def test_unknown_or_repeated_op_is_one_error():
     augment.parse_policy("cutout,cutout")
   config = load_config("tiny", augment__policy="colour")
   with pytest.raises(errors.ConfigError, match=r"config\.augment\.policy='colour'"):
-    config_base.validate(config)
+    preflight.check_config(config)
   assert augment.parse_policy("") == ()
 
 

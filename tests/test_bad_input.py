@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sagan_jax import config_base, errors
+from sagan_jax import config_base, errors, preflight
 from tests.conftest import ROOT, load_config
 from tests.test_cli import _env
 
@@ -345,7 +345,7 @@ def test_validate_names_each_bad_field(field, value):
   node, leaf = config_base.field(config, field)
   node[leaf] = value
   with pytest.raises(errors.ConfigError, match=rf"config\.{field.replace('.', '[.]')}="):
-    config_base.validate(config)
+    preflight.check_config(config)
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -358,4 +358,4 @@ def test_validate_names_each_bad_field(field, value):
 def test_validate_checks_fields_together(overrides, message):
   config = load_config("tiny", **{k.replace(".", "__"): v for k, v in overrides.items()})
   with pytest.raises(errors.ConfigError, match=message):
-    config_base.validate(config)
+    preflight.check_config(config)

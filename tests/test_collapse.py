@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sagan_jax import collapse, config_base, errors
+from sagan_jax import collapse, errors, preflight
 from tests.conftest import load_config
 
 
@@ -73,7 +73,7 @@ def test_collapse_fields_are_validated(field, value):
   c = load_config("tiny")
   c[field] = value
   with pytest.raises(errors.ConfigError, match=rf"config\.{field}="):
-    config_base.validate(c)
+    preflight.check_config(c)
 
 
 def _forced(tmp_path, **overrides):

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sagan_jax import config_base, errors
+from sagan_jax import config_base, errors, preflight
 from sagan_jax.models import conv, conv_tune, layers
 
 
@@ -147,7 +147,7 @@ def test_config_rejects_unknown_conv_impl():
   c = config_base.base_config()
   c.model.conv_impl = "fast"
   with pytest.raises(errors.ConfigError, match="model.conv_impl"):
-    config_base.validate(c)
+    preflight.check_config(c)
 
 
 def test_auto_rule_on_cpu():

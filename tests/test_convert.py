@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sagan_jax import config_base
+from sagan_jax import config_base, preflight
 from sagan_jax.convert import build, common
 from sagan_jax.errors import CheckpointError
 from sagan_jax.models import layers
@@ -242,9 +242,9 @@ def test_biggan_training_config_is_checked(folder):
 
 def test_config_fields_for_the_peers_are_validated():
   with pytest.raises(config_base.ConfigError, match=r"model\.d_ch=-8"):
-    config_base.validate(config({"model.d_ch": -8}))
+    preflight.check_config(config({"model.d_ch": -8}))
   with pytest.raises(config_base.ConfigError, match="model.d_ch=12"):
-    config_base.validate(config({"model.d_ch": 12}))     # D attention needs C/8 channels
+    preflight.check_config(config({"model.d_ch": 12}))     # D attention needs C/8 channels
 
 
 def test_folder_and_optimizer_mistakes(folder, tmp_path):

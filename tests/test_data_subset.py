@@ -6,7 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from sagan_jax import config_base, errors
+from sagan_jax import errors, preflight
 from sagan_jax.data import digits, make_source, subset
 from sagan_jax.errors import DataError
 from tests.conftest import data_config, image_ids, load_config, take
@@ -95,16 +95,16 @@ def test_validate_subset_fields():
                     ({"data__classes": (1, 2)}, "config.model.num_classes=10"),
                     ({"data__examples_per_class": -1}, "config.data.examples_per_class")):
     with pytest.raises(errors.ConfigError, match=msg):
-      config_base.validate(load_config("tiny", **over))
+      preflight.check_config(load_config("tiny", **over))
   c = load_config("cifar10", data__examples_per_class=5)
   with pytest.raises(errors.ConfigError, match="not supported for data.source='tfds'"):
-    config_base.validate(c)
+    preflight.check_config(c)
 
 
 def test_digits_evaluator_follows_data_classes():
   from sagan_jax.evaluation import digits_score, training_evals
   c = load_config("digits", model__num_classes=5, data__classes=(5, 6, 7, 8, 9))
-  config_base.validate(c)
+  preflight.check_config(c)
   ev = training_evals.make_all(c, None, None)[0]
   assert isinstance(ev, training_evals.DigitsEval)
   imgs, labels = digits.load(16)
@@ -115,4 +115,4 @@ def test_digits_evaluator_follows_data_classes():
   assert full["frechet"] > 1.0
   bad = load_config("digits", model__num_classes=2, data__classes=(5, 12), eval_every=5)
   with pytest.raises(errors.ConfigError, match="digits score"):
-    config_base.validate(bad)
+    preflight.check_config(bad)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sagan_jax import checkpointing, config_base, experiments, parallel, train
+from sagan_jax import checkpointing, config_base, experiments, parallel, preflight, train
 from sagan_jax import state as state_lib
 from sagan_jax.models import layers
 from tests.conftest import ROOT, load_config
@@ -105,9 +105,9 @@ def test_default_trees_have_no_control_modules_and_sn_everywhere():
 
 def test_validate_names_bad_switches():
   with pytest.raises(config_base.ConfigError, match="model.g_residual"):
-    config_base.validate(load_config("tiny", model__g_residual=(32,)))
+    preflight.check_config(load_config("tiny", model__g_residual=(32,)))
   with pytest.raises(config_base.ConfigError, match="model.d_residual"):
-    config_base.validate(load_config("tiny", model__d_residual=(16,)))
+    preflight.check_config(load_config("tiny", model__d_residual=(16,)))
 
 
 @pytest.mark.parametrize("name,resolution", [("digits", 16), ("imagenet128", 128),
@@ -115,7 +115,7 @@ def test_validate_names_bad_switches():
 def test_every_variant_loads_and_validates(name, resolution):
   for v in experiments.names(resolution):
     c = load_config(f"{name}:{v}")
-    config_base.validate(c)
+    preflight.check_config(c)
   default = load_config(name)
   ttur = load_config(f"{name}:sn_gd_ttur")
   assert ttur.to_dict() == default.to_dict()

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from sagan_jax import checkpointing, config_base, errors, finetune, parallel, step, train
+from sagan_jax import checkpointing, errors, finetune, parallel, preflight, step, train
 from sagan_jax import state as state_lib
 from tests.conftest import load_config
 
@@ -60,7 +60,7 @@ def test_class_map_moves_the_right_rows(old_run):
   run_dir, old = old_run
   cmap = (5, 6, 7, 8, 9)
   config = load_config("tiny", init_from=run_dir, model__num_classes=5, init_class_map=cmap)
-  config_base.validate(config)
+  preflight.check_config(config)
   fresh, mesh = _fresh(config)
   new = finetune.init_from(config, fresh, mesh)
   g_old, g_new = _leaves(old.g), _leaves(new.g)
@@ -102,7 +102,7 @@ def test_refusals(old_run, tmp_path):
                {"freeze_d_blocks": 4}):
     with pytest.raises(errors.ConfigError, match=f"config.{next(iter(over))}" if len(over) == 1
                        else "config.init_class_map"):
-      config_base.validate(load_config("tiny", **over))
+      preflight.check_config(load_config("tiny", **over))
 
 
 def test_parse():

@@ -104,13 +104,13 @@ def _variable_trees(m):
 
 
 def test_shape_fields_are_exactly_the_fields_that_change_the_variables():
-  from sagan_jax import config_base
+  from sagan_jax import preflight
   base = load_config("tiny")
   assert set(_OTHER_VALUE) == set(base.model.keys()), "classify the new config.model field"
   before = _variable_trees(base.model)
   for field, value in _OTHER_VALUE.items():
     c = load_config("tiny")
     c.model[field] = value
-    config_base.validate(c)
+    preflight.check_config(c)
     changed = _variable_trees(c.model) != before
     assert changed == (field in sagan.SHAPE_FIELDS), (field, changed)

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sagan_jax import config_base, cpu_devices, errors, parallel, profiling
+from sagan_jax import config_base, cpu_devices, errors, parallel, preflight, profiling
 from sagan_jax.models import sagan
 from tests.conftest import ROOT, load_config
 from tests.test_train import _leaves_close, _run_steps
@@ -96,7 +96,7 @@ def test_profile_steps_validation():
     c = config_base.base_config()
     c.profile_steps = bad
     with pytest.raises(errors.ConfigError, match="profile_steps"):
-      config_base.validate(c)
+      preflight.check_config(c)
 
 
 def test_profiler_traces_exactly_the_asked_steps(tmp_path):

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from sagan_jax import preflight
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE_DIR = os.path.join(ROOT, "sagan_jax")
@@ -127,4 +128,12 @@ def test_every_data_source_is_one_registered_module():
   c = config_base.load("tiny")
   c.data.source = "imagenet"
   with pytest.raises(errors.ConfigError, match=str(sorted(source.SOURCES)).replace("[", r"\[")):
-    config_base.validate(c)
+    preflight.check_config(c)
+
+
+def test_config_base_sits_below_the_code_it_describes():
+  """config_base checks fields on their own; the modules owning a field's choices check it
+  (preflight.CHECKERS), so config_base imports none of them."""
+  assert imported_modules("sagan_jax.config_base") <= {"sagan_jax.errors"}
+  for module in preflight.CHECKERS:
+    assert callable(module.check_config), module.__name__

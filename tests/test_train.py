@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sagan_jax import checkpointing, config_base, data, errors, parallel, stopping, train
+from sagan_jax import checkpointing, config_base, data, errors, parallel, preflight, stopping, train
 from sagan_jax import state as state_lib
 from tests.conftest import load_config
 
@@ -190,7 +190,7 @@ def test_bad_config_names_the_field(field, value, message):
     node = node[p]
   node[parts[-1]] = value
   with pytest.raises(config_base.ConfigError, match=message.replace(".", r"\.")):
-    config_base.validate(config)
+    preflight.check_config(config)
 
 
 def test_batch_not_divisible_by_devices():
@@ -232,7 +232,7 @@ def test_fid_eval_without_reference_stats_is_refused():
   with pytest.raises(errors.ConfigError, match="eval.ref_stats"):
     training_evals.make_all(config, state_lib.make_models(config), parallel.make_mesh(1))
   with pytest.raises(errors.ConfigError, match="eval.ref_stats"):
-    config_base.validate(config)  # refused before anything is built
+    preflight.check_config(config)  # refused before anything is built
 
 
 def test_progress_line_has_no_speed_or_eta_before_a_step_was_timed(monkeypatch):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sagan_jax import config_base, errors, parallel, train
+from sagan_jax import errors, parallel, preflight, train
 from sagan_jax import state as state_lib
 from sagan_jax.evaluation import training_evals, weights
 from tests.conftest import load_config
@@ -37,7 +37,7 @@ def test_schedules_from_eval_and_evals():
 def test_bad_evals_are_refused_by_validate(evals, message):
   config = load_config("tiny", evals=evals)
   with pytest.raises(errors.ConfigError, match=message):
-    config_base.validate(config)
+    preflight.check_config(config)
 
 
 def test_several_evaluators_each_on_its_schedule(tmp_path, capsys):

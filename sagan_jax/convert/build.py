@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from sagan_jax import checkpointing, config_base, integrity
+from sagan_jax import checkpointing, integrity, preflight
 from sagan_jax import state as state_lib
 from sagan_jax.convert import biggan_pytorch, common, studiogan
 from sagan_jax.errors import CheckpointError
@@ -58,7 +58,7 @@ def convert(kind: str, weights_dir: str, config: ml_collections.ConfigDict, sele
                           "the peers' SAGANs have SN on G and D and no residual control; "
                           "convert with the defaults (model.g_sn=True, model.d_sn=True, "
                           "model.g_residual=(), model.d_residual=()).")
-  config_base.validate(config)
+  preflight.check_config(config)
   models, template = state_lib.abstract_state(config)
   mm = module.model_map(src)
   eps = config.model.sn_eps

@@ -21,8 +21,17 @@ from sagan_jax.errors import ConfigError
 # (`train_reader(spec, *, process_index, process_count, seeds, threads)` and
 # `eval_reader(spec, split, *, process_index, process_count, num_images)`, each returning a
 # `reader.Reader`) that `pipeline` runs. A new kind of data is a module and a line here
-# (config_base.validate reads the names).
+# (check_config below reads the names).
 SOURCES = {"digits": "digits", "tfds": "tfds_source", "folder": "folder"}
+
+
+def check_config(c) -> None:
+  """ConfigError for `data.source` (one of SOURCES) and a folder source without `data.dir`."""
+  from sagan_jax.errors import check_field
+  check_field(c.data.source in SOURCES, "data.source", c.data.source,
+              f"use one of {sorted(SOURCES)}")
+  check_field(c.data.source != "folder" or bool(c.data.dir), "data.dir", c.data.dir,
+              "set it to the image folder (one subfolder per class) for data.source='folder'")
 
 
 def source_module(source: str):

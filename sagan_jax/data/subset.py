@@ -73,7 +73,7 @@ def num_classes(data_config, num_source_classes: int) -> int:
 
 
 def check_config(c) -> None:
-  """ConfigError naming the first subset field that cannot work (config_base.validate)."""
+  """ConfigError naming the first subset field that cannot work (preflight.check_config)."""
   d = c.data
   check_field(isinstance(d.examples_per_class, int) and d.examples_per_class >= 0,
               "data.examples_per_class", d.examples_per_class, "must be an integer >= 0 (0 = all)")

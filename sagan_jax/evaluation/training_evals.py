@@ -223,7 +223,7 @@ class PrdcEval(InceptionEval):
 
 
 def check_config(config) -> None:
-  """ConfigError unless every configured evaluation can run (config_base.validate)."""
+  """ConfigError unless every configured evaluation can run (preflight.check_config)."""
   if _resolve(config.eval.metric, config) not in _REGISTRY:
     raise errors.ConfigError(f"config.eval.metric={config.eval.metric!r} is invalid: use one "
                              f"of {names()}.")

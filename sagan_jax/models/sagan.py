@@ -212,10 +212,37 @@ def discriminator_from_config(m, dtype=None) -> Discriminator:
                        residual=tuple(m.d_residual))
 
 
+def block_resolutions(resolution: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+  """Feature-map sizes after each G block and each D block (where attention can go)."""
+  arch = architecture(resolution, 1)
+  return tuple(b.out_res for b in arch.g_blocks), tuple(b.out_res for b in arch.d_blocks)
+
+
 def check_config(c) -> None:
-  """ConfigError for the fine-tuning fields that depend on these tables (config_base.validate):
-  freeze_d_blocks within D's depth, init_class_map one old class per class of the model."""
+  """ConfigError for the fields these tables and modules decide (preflight.check_config): the
+  resolution, where attention and residual blocks can go, the weight init, the conv and
+  attention implementations; freeze_d_blocks within D's depth, init_class_map one old class
+  per class of the model."""
   from sagan_jax.errors import check_field
+  from sagan_jax.models import attention, conv_tune
+  m = c.model
+  check_field(m.resolution in RESOLUTIONS, "model.resolution", m.resolution,
+              f"use one of {RESOLUTIONS}")
+  for f, width, attn in (("ch", m.ch, m.g_attention), ("d_ch", m.d_ch or m.ch, m.d_attention)):
+    check_field(width % 8 == 0 or not attn, f"model.{f}", m[f], "must be a multiple of 8 "
+                "when self-attention is used (theta/phi have C/8 channels)")
+  g_res, d_res = block_resolutions(m.resolution)
+  for f, allowed in (("g_attention", g_res), ("d_attention", d_res),
+                     ("g_residual", g_res), ("d_residual", d_res)):
+    check_field(all(v in allowed for v in tuple(m[f])), f"model.{f}", tuple(m[f]),
+                f"sizes must be feature-map sizes of this model: {sorted(set(allowed))}")
+  check_field(m.init in layers.KERNEL_INITS, "model.init", m.init,
+              f"use one of {sorted(layers.KERNEL_INITS)}")
+  check_field(m.conv_impl in conv_tune.CHOICES, "model.conv_impl", m.conv_impl,
+              f"use one of {conv_tune.CHOICES} ('auto': a rule per shape on CPU, XLA's conv "
+              "elsewhere; 'tune': timed per shape on this CPU)")
+  check_field(m.attention_impl in attention.IMPLS, "model.attention_impl", m.attention_impl,
+              f"use one of {attention.IMPLS}")
   cmap, n = tuple(c.init_class_map), c.model.num_classes
   check_field(not cmap or (bool(c.init_from) and len(cmap) == n and
                            all(isinstance(k, int) and k >= 0 for k in cmap)),
