@@ -23,7 +23,7 @@ import jax
 import numpy as np
 from etils import epath
 
-from sagan_jax import checkpointing, parallel, utils
+from sagan_jax import checkpointing, integrity, parallel, utils
 from sagan_jax.errors import CheckpointError, ConfigError
 from sagan_jax.state import TrainState
 
@@ -94,13 +94,43 @@ def _tables(config, old_classes: int, source: str) -> str:
   return "copy" if n == old_classes else "fresh"
 
 
-def init_from(config, fresh: TrainState, mesh) -> TrainState:
-  """`fresh` (a new run's state) with G, EMA and D from config.init_from (see module doc)."""
-  source = config.init_from
+def _existing_run_dir(source: str) -> tuple[str, int | None]:
   run_dir, step = parse(source)
   if not epath.Path(run_dir).exists():
     raise CheckpointError(f"config.init_from={source!r}: {run_dir} does not exist; give the "
                           "directory of a training run (or of a converted checkpoint).")
+  return run_dir, step
+
+
+def check_source(config, workdir: str) -> None:
+  """The init_from checks that need no restore and no compile (before a run builds anything):
+  the source exists and holds a verified checkpoint, its model has this config's shapes but
+  for the class tables, init_class_map is within its classes. A workdir that holds
+  checkpoints already is a fine-tuning run being resumed: init_from is not read again."""
+  if not config.init_from or integrity.list_dir(checkpointing.checkpoint_dir(workdir)).steps:
+    return
+  from sagan_jax.models import sagan
+  source = config.init_from
+  run_dir, step = _existing_run_dir(source)
+  try:
+    old = checkpointing.read_config(run_dir, step=step)
+  except CheckpointError as e:
+    raise CheckpointError(f"config.init_from={source!r}: {e}") from None
+  _tables(config, old.model.num_classes, source)
+  as_tuple = lambda v: tuple(v) if isinstance(v, (list, tuple)) else v   # noqa: E731
+  diffs = [f"model.{f}: {as_tuple(old.model.get(f))!r} there, {as_tuple(config.model[f])!r} "
+           "here" for f in sagan.SHAPE_FIELDS if f != "num_classes" and
+           as_tuple(old.model.get(f)) != as_tuple(config.model[f])]
+  if diffs:
+    raise CheckpointError(f"config.init_from={source!r}: " + "; ".join(diffs) + "; the "
+                          "architectures differ (start from a copy of that run's command; "
+                          "only the class count may change).")
+
+
+def init_from(config, fresh: TrainState, mesh) -> TrainState:
+  """`fresh` (a new run's state) with G, EMA and D from config.init_from (see module doc)."""
+  source = config.init_from
+  run_dir, step = _existing_run_dir(source)
   try:
     old = checkpointing.load(run_dir, step=step, mesh=parallel.make_mesh(1))
   except CheckpointError as e:

@@ -357,6 +357,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, mesh=None,
         stop_after: int | None = None, make_step: Callable) -> Any:
   """Validates, takes the workdir's lock, trains until config.total_steps (or stop_after)."""
   workdir = preflight.preflight(config, workdir)   # nothing read, compiled or written yet
+  from sagan_jax import finetune   # (after jax.distributed: it may print through JAX)
+  finetune.check_source(config, workdir)
   mesh = mesh if mesh is not None else parallel.make_mesh(config.mesh.num_devices)
   parallel.check_batch_size(config.batch_size, mesh)
   from sagan_jax import summaries

@@ -105,6 +105,30 @@ def test_refusals(old_run, tmp_path):
       preflight.check_config(load_config("tiny", **over))
 
 
+def test_source_checks_need_no_restore_and_skip_a_resumed_run(old_run, tmp_path, monkeypatch):
+  """check_source (loop.run, before data, model or compile) refuses what init_from would,
+  reading only the source's config; a workdir with checkpoints is a resume: not checked."""
+  run_dir, _ = old_run
+  monkeypatch.setattr(finetune.checkpointing, "load", lambda *a, **k: pytest.fail("restored"))
+  wd = str(tmp_path / "new")
+  cases = [({"init_from": run_dir, "model__ch": 8}, errors.CheckpointError,
+            r"model.ch: 16 there, 8 here; the architectures differ"),
+           ({"init_from": run_dir, "model__g_attention": ()}, errors.CheckpointError,
+            r"model.g_attention: \(8,\) there, \(\) here"),
+           ({"init_from": run_dir, "model__num_classes": 2, "init_class_map": (3, 10)},
+            errors.ConfigError, "class 10 does not exist"),
+           ({"init_from": str(tmp_path / "nope")}, errors.CheckpointError, "does not exist"),
+           ({"init_from": str(tmp_path)}, errors.CheckpointError, "no checkpoints in")]
+  for over, kind, msg in cases:
+    with pytest.raises(kind, match=msg):
+      finetune.check_source(load_config("tiny", **over), wd)
+  finetune.check_source(load_config("tiny", init_from=run_dir, model__num_classes=5), wd)
+  finetune.check_source(load_config("tiny"), wd)           # no init_from: nothing to check
+  resumed = tmp_path / "resumed"
+  (resumed / "checkpoints" / "4").mkdir(parents=True)
+  finetune.check_source(load_config("tiny", init_from=str(tmp_path / "gone")), str(resumed))
+
+
 def test_parse():
   assert finetune.parse("runs/a") == ("runs/a", None)
   assert finetune.parse("runs/a:1250") == ("runs/a", 1250)

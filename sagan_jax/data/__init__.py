@@ -42,6 +42,7 @@ from sagan_jax.data.source import SOURCES, DataSpec, Source, local_batch_size, s
 __all__ = ["SOURCES", "DataSpec", "Source", "local_batch_size", "make_source",
            "source_module"]
 
+
 def make_source(config, *, process_index: int = 0, process_count: int = 1,
                 start_batch: int = 0) -> Source:
   """Builds the input source named by `config.data.source`."""
