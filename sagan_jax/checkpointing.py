@@ -369,15 +369,23 @@ def read_config(workdir: str, step: int | None = None,
   return config
 
 
-def _check_compatible(saved: ml_collections.ConfigDict, config, workdir: str) -> None:
-  diffs = []
-  from sagan_jax.models import sagan
-  for f in sagan.ARCH_FIELDS:
+def model_differences(saved: ml_collections.ConfigDict, config,
+                      fields) -> list[tuple[str, Any, Any]]:
+  """(field, saved, config value) of each of `fields` of `.model` that differs (as tuples)."""
+  out = []
+  for f in fields:
     a, b = saved.model.get(f), config.model.get(f)
     if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
       a, b = tuple(a or ()), tuple(b or ())
     if a != b:
-      diffs.append(f"model.{f}: checkpoint {a!r} vs config {b!r}")
+      out.append((f, a, b))
+  return out
+
+
+def _check_compatible(saved: ml_collections.ConfigDict, config, workdir: str) -> None:
+  from sagan_jax.models import sagan
+  diffs = [f"model.{f}: checkpoint {a!r} vs config {b!r}"
+           for f, a, b in model_differences(saved, config, sagan.ARCH_FIELDS)]
   if saved.optim.n_critic != config.optim.n_critic:
     diffs.append(f"optim.n_critic: checkpoint {saved.optim.n_critic} vs config "
                  f"{config.optim.n_critic}")

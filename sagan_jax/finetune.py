@@ -117,10 +117,9 @@ def check_source(config, workdir: str) -> None:
   except CheckpointError as e:
     raise CheckpointError(f"config.init_from={source!r}: {e}") from None
   _tables(config, old.model.num_classes, source)
-  as_tuple = lambda v: tuple(v) if isinstance(v, (list, tuple)) else v   # noqa: E731
-  diffs = [f"model.{f}: {as_tuple(old.model.get(f))!r} there, {as_tuple(config.model[f])!r} "
-           "here" for f in sagan.SHAPE_FIELDS if f != "num_classes" and
-           as_tuple(old.model.get(f)) != as_tuple(config.model[f])]
+  fields = [f for f in sagan.SHAPE_FIELDS if f != "num_classes"]   # class tables: _tables
+  diffs = [f"model.{f}: {a!r} there, {b!r} here"
+           for f, a, b in checkpointing.model_differences(old, config, fields)]
   if diffs:
     raise CheckpointError(f"config.init_from={source!r}: " + "; ".join(diffs) + "; the "
                           "architectures differ (start from a copy of that run's command; "
