@@ -140,3 +140,22 @@ def test_intra_fid_needs_every_class():
   rng = np.random.default_rng(10)
   with pytest.raises(ValueError, match=r"classes lacking them: \[3\]"):
     fm.intra_fid(_gauss(rng, 40, 3), np.arange(40) % 4, _gauss(rng, 30, 3), np.arange(30) % 3)
+
+
+def test_timing_script_times_each_metric_on_a_small_set(capsys):
+  """benchmarks/feature_metrics.py end to end at a toy size: one JSON line, each metric timed."""
+  import importlib.util
+  import json
+  import os
+  path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks",
+                      "feature_metrics.py")
+  spec = importlib.util.spec_from_file_location("bench_feature_metrics", path)
+  bench = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(bench)
+  bench.main(["--n", "1100", "--dim", "4", "--trials", "1"])
+  out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert out["n"] == 1100 and out["machine"]["cores"] >= 1
+  for name in ("prdc", "kid", "kid_exact"):
+    assert out[name]["seconds"] > 0 and out[name]["gflop"] > 0, out[name]
+  with pytest.raises(SystemExit):
+    bench.main(["--n", "500"])
