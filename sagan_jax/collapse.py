@@ -18,7 +18,8 @@ finite. Three cheap signals, each a pure function of a series:
 
 `Watch` feeds them from the loop and says why (or '') at each log step and
 evaluation; after it reports, its series start over, so one collapse is
-reported once per window.
+reported once per window. `ADVICE` is what to change for each signal (the
+message a stopped run ends with).
 """
 
 from __future__ import annotations
@@ -26,6 +27,19 @@ from __future__ import annotations
 import numpy as np
 
 from sagan_jax.errors import check_field
+
+_AUGMENT = ("on a small dataset, augment what D sees (--config.augment.policy="
+            "color,translation,cutout; docs/own_data.md)")
+ADVICE = {   # Watch.signal -> what to change
+    "d_wins": ("D outpaces G: lower D's learning rate (--config.optim.d_lr) or raise G's "
+               f"(--config.optim.g_lr); {_AUGMENT}"),
+    "frozen": ("nothing learns: check that the learning rates (--config.optim.g_lr, "
+               "--config.optim.d_lr) are not tiny and that the images differ"),
+    "sigma": ("D's weights grow without bound: lower both learning rates "
+              "(--config.optim.g_lr, --config.optim.d_lr)"),
+    "eval": ("the samples got worse after the best evaluation, which is kept "
+             f"(sample/evaluate --best): train for fewer steps, or {_AUGMENT}"),
+}
 
 
 def d_saturated_g_rising(d_losses, g_losses, window: int, d_floor: float) -> bool:
@@ -84,6 +98,7 @@ class Watch:
     self.mode = mode
     self.reset()
     self.evals: list[float] = []
+    self.signal = ""    # the ADVICE key of the last reason reported
 
   def reset(self) -> None:
     """Forgets the loss series (after a report or a rollback); evaluations are kept."""
@@ -96,19 +111,23 @@ class Watch:
     if "d_sigma_max" in scalars:
       self.sigma.append(scalars["d_sigma_max"])
     w = c.collapse_window
-    reason = ""
+    reason, signal = "", ""
     if d_saturated_g_rising(self.d, self.g, w, c.collapse_d_loss):
+      signal = "d_wins"
       reason = (f"D's loss <= {c.collapse_d_loss:g} for the last {w} log steps while G's loss "
                 f"rose to {self.g[-1]:.3g} (D wins outright)")
     elif losses_frozen(self.d, self.g, w):
+      signal = "frozen"
       reason = (f"D's and G's losses stayed at {self.d[-1]:.4g} and {self.g[-1]:.4g} for the "
                 f"last {w} log steps (nothing learns any more)")
     elif sigma_exploding(self.sigma, w, c.collapse_sigma_growth):
+      signal = "sigma"
       reason = (f"D's largest spectral-norm sigma grew from {self.sigma[-w]:.3g} to "
                 f"{self.sigma[-1]:.3g} within {w} log steps (more than "
                 f"{c.collapse_sigma_growth:g}x)")
     if reason:
       self.reset()
+      self.signal = signal
     return reason
 
   def evaluation(self, value: float, name: str) -> str:
@@ -120,6 +139,7 @@ class Watch:
     tail = self.evals[-k:]
     best = (max if self.mode == "max" else min)(self.evals[:-k])
     self.evals = [best]   # report once; later evaluations compare with the same best
+    self.signal = "eval"
     return (f"the last {k} evaluations' {name} ({', '.join(f'{v:.4g}' for v in tail)}) were "
             f"each worse than the best, {best:.4g}, by more than "
             f"{c.collapse_eval_margin:g} of it")

@@ -196,7 +196,8 @@ class Loop:
         raise errors.NonFiniteLossError(stopping.nonfinite_message(
             what, p.step, p.last_ckpt, self.workdir, spent))
       raise errors.CollapseError(collapse_message(what, p.step, p.last_ckpt, self.workdir,
-                                                  spent, self.best_step()))
+                                                  spent, self.best_step(),
+                                                  collapse.ADVICE.get(self.watch.signal, "")))
     self.ckpt.finish()
     best = self.best_step() if kind == "collapse" else None
     back = self.ckpt.restore(self.abstract, at_most=best)
@@ -341,16 +342,17 @@ def shut_down(closers: list, quiet: bool) -> None:
 
 
 def collapse_message(what: str, step: int, last_ckpt: int | None, workdir: str,
-                     rollbacks: int | None, best: int | None) -> str:
-  """Why training stopped for collapse, and how to go on."""
+                     rollbacks: int | None, best: int | None, advice: str = "") -> str:
+  """Why training stopped for collapse, and how to go on (`advice`: collapse.ADVICE's)."""
   spent = "" if rollbacks is None else f" after {rollbacks} rollbacks (config.max_rollbacks)"
   where = (f"the last checkpoint is step {last_ckpt} in {workdir}/checkpoints"
            if last_ckpt is not None else "no checkpoint was written yet")
   best_txt = f"; the best evaluation was at step {best}" if best is not None else ""
   tip = ("" if rollbacks is not None else ", or rerun with --config.on_collapse=rollback "
          "(back to the best checkpoint with new noise)")
-  return (f"training stopped: {what} at step {step}{spent}; {where}{best_txt}. Lower D's "
-          f"learning rate (--config.optim.d_lr) or try another --config.seed{tip}.")
+  advice = advice or "lower the learning rates (--config.optim.g_lr, --config.optim.d_lr)"
+  return (f"training stopped: {what} at step {step}{spent}; {where}{best_txt}. "
+          f"{advice[0].upper()}{advice[1:]}; or try another --config.seed{tip}.")
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, mesh=None,

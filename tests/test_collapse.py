@@ -58,11 +58,31 @@ def test_watch_reports_once_per_window():
   watch = collapse.Watch(c)
   got = [watch.log({"d_loss": 0.0, "g_loss": float(i), "d_sigma_max": 1.0}) for i in range(6)]
   assert [bool(r) for r in got] == [False, False, True, False, False, True]
-  assert "D's loss <= 0.05 for the last 3 log steps" in got[2]
+  assert "D's loss <= 0.05 for the last 3 log steps" in got[2] and watch.signal == "d_wins"
   watch = collapse.Watch(c, mode="max")
   reasons = [watch.evaluation(v, "digits accuracy") for v in (0.8, 0.5, 0.5, 0.5, 0.5)]
   assert [bool(r) for r in reasons] == [False, False, False, True, False]
   assert "digits accuracy (0.5, 0.5, 0.5)" in reasons[3] and "best, 0.8" in reasons[3]
+  assert watch.signal == "eval"
+
+
+@pytest.mark.parametrize("d,g,sigma,signal,advice", [
+    ([0.0] * 3, [1.0, 2.0, 3.0], [1.0] * 3, "d_wins", "raise G's (--config.optim.g_lr)"),
+    ([1.5] * 3, [0.7] * 3, [1.0] * 3, "frozen", "are not tiny"),
+    ([1.5, 1.0, 0.5], [0.7, 0.9, 0.6], [1.0, 5.0, 20.0], "sigma", "lower both learning rates"),
+])
+def test_each_signal_has_its_own_advice(d, g, sigma, signal, advice):
+  """A stopped run's message says what to change for the signal that fired, not one tip."""
+  from sagan_jax import loop
+  c = load_config("tiny", collapse_window=3, collapse_d_loss=0.05, collapse_sigma_growth=10.0)
+  watch = collapse.Watch(c)
+  reasons = [watch.log({"d_loss": a, "g_loss": b, "d_sigma_max": s})
+             for a, b, s in zip(d, g, sigma)]
+  assert reasons[-1] and watch.signal == signal, reasons
+  msg = loop.collapse_message(f"collapse ({reasons[-1]})", 30, 20, "runs/x", 2, None,
+                              collapse.ADVICE[watch.signal])
+  assert advice in msg and msg.endswith("or try another --config.seed."), msg
+  assert set(collapse.ADVICE) == {"d_wins", "frozen", "sigma", "eval"}
 
 
 @pytest.mark.parametrize("field,value", [
