@@ -24,6 +24,9 @@ def mean_curve(rows: list[tuple]) -> tuple[np.ndarray, np.ndarray]:
   return steps, means
 
 
+PANELS_PER_ROW = 4   # matplotlib: more metrics wrap onto further rows
+
+
 def plot(curves: dict, path: str, title: str = "") -> str:
   """Writes the figure to `path`; returns which library drew it."""
   try:
@@ -34,9 +37,12 @@ def plot(curves: dict, path: str, title: str = "") -> str:
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt
   metrics = sorted(curves)
-  fig, axes = plt.subplots(1, max(len(metrics), 1), figsize=(4.5 * max(len(metrics), 1), 3.6),
-                           squeeze=False)
-  for ax, metric in zip(axes[0], metrics):
+  cols = min(max(len(metrics), 1), PANELS_PER_ROW)
+  rows_n = -(-max(len(metrics), 1) // cols)
+  fig, axes = plt.subplots(rows_n, cols, figsize=(4.5 * cols, 3.6 * rows_n), squeeze=False)
+  for ax in axes.flat[len(metrics):]:
+    ax.axis("off")
+  for ax, metric in zip(axes.flat, metrics):
     for k, (variant, rows) in enumerate(curves[metric].items()):
       colour = np.asarray(COLOURS[k % len(COLOURS)]) / 255
       for s in range(1, max(len(r) for r in rows)):
