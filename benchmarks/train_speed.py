@@ -76,12 +76,13 @@ def setup(path: str, overrides: list[str]):
   """(config, mesh, state, jitted step, rng, batch()) for one config; batch() gives the next
   global batch (digits: real data; others: synthetic uint8, to measure the model, not I/O)."""
   import numpy as np
-  from sagan_jax import data, parallel, state as state_lib, train
+  from sagan_jax import data, parallel, state as state_lib, train, utils
   config = load_config(path, overrides)
   source = data.make_source(config) if config.data.source == "digits" else None
   mesh = parallel.make_mesh(config.mesh.num_devices)
   models = state_lib.make_models(config)
   state = state_lib.create_state(models, config, mesh)
+  utils.release_freed_memory()   # as the train loop does (benchmarks/README.md, "Memory")
   step_fn = train.make_train_step(models, config, mesh)
   m = config.model
   rng = train.step_rng(config, mesh)
@@ -101,6 +102,7 @@ def setup(path: str, overrides: list[str]):
 
 def bench_config(path: str, overrides: list[str], steps: int, warmup: int) -> dict:
   import jax
+  from sagan_jax import utils
   from sagan_jax.describe import _flops, count
   config, mesh, state, step_fn, rng, batch = setup(path, overrides)
   m = config.model
@@ -108,6 +110,7 @@ def bench_config(path: str, overrides: list[str], steps: int, warmup: int) -> di
   t = time.perf_counter()
   compiled = step_fn.lower(state, b, rng).compile()
   compile_s = time.perf_counter() - t
+  utils.release_freed_memory()   # the compiler's memory, before the first step's peak
   flops = _flops(compiled) * mesh.devices.size
   for _ in range(warmup):
     state, metrics = step_fn(state, batch(), rng)

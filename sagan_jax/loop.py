@@ -132,6 +132,7 @@ class Loop:
     if not restored and config.init_from:   # a fine-tuning run's first start
       from sagan_jax import finetune
       state = finetune.init_from(config, state, mesh)
+    utils.release_freed_memory()   # what the init or restore freed, before the step's peak
     # The first transfer of the state's key after the lock's: while the processes are in
     # step (CPU collectives give up after 30 s), before the chief's TensorBoard writer.
     self.pos = Position(state, self.start, rollbacks, step_rng(config, mesh, rollbacks),
@@ -287,6 +288,7 @@ class Loop:
     self.ckpt.poll()  # a save that failed in the background stops the run now
     if step == self.start + 1:  # throughput and ETA exclude the first step's compilation
       jax.block_until_ready(metrics)
+      utils.release_freed_memory()   # the compiler's memory
       clock.mark(step)
     log_now = step % c.log_every == 0 or step == end
     ckpt_now = step % c.checkpoint_every == 0 or step == end

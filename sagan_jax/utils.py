@@ -12,6 +12,7 @@ stops (SIGTERM, non-finite losses) in `stopping.py`.
 
 from __future__ import annotations
 
+import ctypes
 import sys
 from typing import Any
 
@@ -47,3 +48,19 @@ def flatten_dict(d: dict, prefix: str = "") -> dict[str, Any]:
     else:
       out[key] = v if isinstance(v, (int, float, str, bool)) else str(v)
   return out
+
+
+def release_freed_memory() -> bool:
+  """Hands the C heap's freed pages back to the OS (glibc's `malloc_trim(0)`); False where the
+  C library has none (macOS, musl), a no-op there.
+
+  glibc keeps memory that XLA freed mapped in its arenas: after the state's init (a program
+  of its own) 1.1 GB of a 128px run's resident set, which the train step's temporaries then
+  come on top of (benchmarks/README.md, "Memory"). Call it after such a one-off phase, not
+  per step (the step reuses what it frees).
+  """
+  trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+  if trim is None:
+    return False
+  trim(0)
+  return True

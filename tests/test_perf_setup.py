@@ -113,3 +113,16 @@ def test_profiler_traces_exactly_the_asked_steps(tmp_path):
   steps = sorted(dict(ev.stats).get("step_num") for plane in data.planes
                  for line in plane.lines for ev in line.events if ev.name == "train")
   assert steps == [1, 2]
+
+
+def test_release_freed_memory_trims_glibc_and_is_a_no_op_without_malloc_trim(monkeypatch):
+  import ctypes
+  from sagan_jax import utils
+  has_trim = hasattr(ctypes.CDLL(None), "malloc_trim")
+  assert utils.release_freed_memory() == has_trim   # glibc (Linux): trimmed
+
+  class NoTrim:   # a C library without malloc_trim (macOS, musl)
+    pass
+  monkeypatch.setattr(utils.ctypes, "CDLL", lambda name: NoTrim())
+  assert utils.release_freed_memory() is False
+
