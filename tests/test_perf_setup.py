@@ -126,3 +126,9 @@ def test_release_freed_memory_trims_glibc_and_is_a_no_op_without_malloc_trim(mon
   monkeypatch.setattr(utils.ctypes, "CDLL", lambda name: NoTrim())
   assert utils.release_freed_memory() is False
 
+
+def test_g_update_ordering_leaves_its_input_unchanged():
+  from sagan_jax import step
+  z = jax.random.normal(jax.random.PRNGKey(0), (4, 8))
+  arrays = [jnp.full((3, 3), 1e30), -jnp.ones(5, jnp.bfloat16)]
+  np.testing.assert_array_equal(np.asarray(jax.jit(step._after)(z, arrays)), np.asarray(z))
