@@ -233,3 +233,18 @@ def test_attention_auto_is_einsum_on_cpu_and_unknown_impl_refused():
   assert attention.resolve("xla", jnp.float32) == "xla"
   with pytest.raises(ValueError, match="unknown attention implementation"):
     attention.attend(jnp.ones((1, 4, 2)), jnp.ones((1, 1, 2)), jnp.ones((1, 1, 4)), "flash")
+
+
+def test_attention_in_query_chunks_equals_all_at_once_in_values_and_gradients():
+  rng = np.random.default_rng(4)
+  theta, phi, g = (jnp.asarray(rng.standard_normal(s), jnp.float32)
+                   for s in ((2, 64, 4), (2, 16, 4), (2, 16, 8)))
+
+  def loss(args, rows):
+    return jnp.sum(jnp.sin(attention.attend_in_chunks(*args, rows=rows)))
+
+  grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)
+  ref = grad((theta, phi, g), 64)    # one chunk: the plain einsums
+  got = grad((theta, phi, g), 16)    # four chunks in a loop
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
