@@ -14,8 +14,8 @@ rounding:
   matmul  everything as matmuls over the patches: y = patches(x) @ W; its
           autodiff gives dW = patches^T dy and dx = col2im(dy W^T).
   shift   XLA's forward and input gradient; the weight gradient as kh*kw
-          matmuls of shifted input views with dy (no patch tensor: kh*kw
-          times less memory than im2col).
+          matmuls of shifted input views with dy, one view at a time (no
+          patch tensor: kh*kw times less memory than im2col).
 
 A 1x1 kernel is a plain matmul in every implementation but 'xla'.
 
@@ -96,9 +96,17 @@ def _dw_im2col(x, dy, w_shape, padding):
 
 
 def _dw_shift(x, dy, w_shape, padding):
-  kh, kw = w_shape[:2]
-  taps = [_flat(s).T @ _flat(dy) for s in _shifts(x, kh, kw, padding)]
-  return jnp.stack(taps).reshape(w_shape)
+  """One matmul per kernel tap, in a loop: one shifted view of x in memory at a time (as a
+  list of slices XLA kept all kh*kw of them, and those of other layers, alive at once)."""
+  kh, kw, c, _ = w_shape
+  n, ho, wo, _ = dy.shape
+  xp = jnp.pad(x, ((0, 0),) + tuple(padding) + ((0, 0),))
+
+  def tap(t):
+    view = jax.lax.dynamic_slice(xp, (0, t // kw, t % kw, 0), (n, ho, wo, c))
+    return _flat(view).T @ _flat(dy)
+
+  return jax.lax.map(tap, jnp.arange(kh * kw)).reshape(w_shape)
 
 
 _WEIGHT_GRADS = {"xla": _dw_xla, "im2col": _dw_im2col, "shift": _dw_shift}
