@@ -52,14 +52,17 @@ def flatten_dict(d: dict, prefix: str = "") -> dict[str, Any]:
 
 def release_freed_memory() -> bool:
   """Hands the C heap's freed pages back to the OS (glibc's `malloc_trim(0)`); False where the
-  C library has none (macOS, musl), a no-op there.
+  C library has none (macOS, musl, Windows), a no-op there.
 
   glibc keeps memory that XLA freed mapped in its arenas: after the state's init (a program
   of its own) 1.1 GB of a 128px run's resident set, which the train step's temporaries then
   come on top of (benchmarks/README.md, "Memory"). Call it after such a one-off phase, not
   per step (the step reuses what it frees).
   """
-  trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+  try:
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+  except (OSError, TypeError):   # no C library to open by that name (Windows)
+    trim = None
   if trim is None:
     return False
   trim(0)
