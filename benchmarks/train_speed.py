@@ -102,8 +102,8 @@ def setup(path: str, overrides: list[str]):
 
 def bench_config(path: str, overrides: list[str], steps: int, warmup: int) -> dict:
   import jax
-  from sagan_jax import utils
-  from sagan_jax.describe import _flops, count
+  from sagan_jax import state as state_lib, train, utils
+  from sagan_jax.describe import count, counted_flops
   config, mesh, state, step_fn, rng, batch = setup(path, overrides)
   m = config.model
   b = batch()
@@ -111,7 +111,10 @@ def bench_config(path: str, overrides: list[str], steps: int, warmup: int) -> di
   compiled = step_fn.lower(state, b, rng).compile()
   compile_s = time.perf_counter() - t
   utils.release_freed_memory()   # the compiler's memory, before the first step's peak
-  flops = _flops(compiled) * mesh.devices.size
+  # XLA's count of one device's program (its loops unrolled: describe.counted_flops), global
+  models = state_lib.make_models(config)
+  flops = counted_flops(lambda: train.make_train_step(models, config, mesh).lower(
+      state, b, rng)) * mesh.devices.size
   for _ in range(warmup):
     state, metrics = step_fn(state, batch(), rng)
   jax.block_until_ready(state)  # (state, not metrics: --warmup 0 runs no step here)

@@ -6,7 +6,8 @@ r"""Parameter table, FLOPs and memory of a config, without training.
 Prints a per-module parameter table, then, as the last line, one JSON
 object: generator_params / discriminator_params (trainable), the SN and BN
 state sizes, and (unless --nocompile) train_gflops_per_image and
-g_forward_gflops_per_image from XLA's cost analysis of the compiled step.
+g_forward_gflops_per_image from XLA's cost analysis of the step (`counted_flops`:
+its loops unrolled) and the memory XLA plans for the compiled step.
 With --mesh N the step is compiled for N devices (virtual CPU devices when
 there is no accelerator) and the per-device memory XLA plans is reported, so
 you know whether a batch fits before launching. The FLOPs are those of the
@@ -37,11 +38,11 @@ def module_rows(params, prefix: str) -> list[tuple[str, int]]:
   return [(f"{prefix}/{name}", count(sub)) for name, sub in params.items()]
 
 
-def compile_step(config, models, state, mesh, batch: int):
-  """AOT-compiles the train step for `batch` global images on `mesh` (state: abstract)."""
+def _step_args(config, mesh, batch: int):
+  """Abstract (batch, rng) of the train step for `batch` global images on `mesh`."""
   import jax
   import jax.numpy as jnp
-  from sagan_jax import parallel, train
+  from sagan_jax import parallel
   m = config.model
   rep = parallel.replicated(mesh)
   bs = parallel.batch_sharding(mesh, 1)
@@ -49,8 +50,21 @@ def compile_step(config, models, state, mesh, batch: int):
   b = {"image": jax.ShapeDtypeStruct((n, batch, m.resolution, m.resolution, 3), jnp.uint8,
                                      sharding=bs),
        "label": jax.ShapeDtypeStruct((n, batch), jnp.int32, sharding=bs)}
-  rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=rep)
-  return train.make_train_step(models, config, mesh).lower(state, b, rng).compile()
+  return b, jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=rep)
+
+
+def compile_step(config, models, state, mesh, batch: int):
+  """AOT-compiles the train step for `batch` global images on `mesh` (state: abstract)."""
+  from sagan_jax import train
+  return train.make_train_step(models, config, mesh).lower(
+      state, *_step_args(config, mesh, batch)).compile()
+
+
+def step_flops(config, models, state, mesh, batch: int) -> float:
+  """FLOPs of one train step on one device (`counted_flops`)."""
+  from sagan_jax import train
+  return counted_flops(lambda: train.make_train_step(models, config, mesh).lower(
+      state, *_step_args(config, mesh, batch)))
 
 
 def g_forward_flops(config, models, state, batch: int) -> float:
@@ -60,12 +74,18 @@ def g_forward_flops(config, models, state, batch: int) -> float:
   m = config.model
   z = jax.ShapeDtypeStruct((batch, m.z_dim), jnp.float32)
   y = jax.ShapeDtypeStruct((batch,), jnp.int32)
-  fn = sampling.jitted_generate(models.generator)
-  return _flops(fn.lower(state.g, z, y).compile())
+  return counted_flops(lambda: sampling.jitted_generate(models.generator).lower(state.g, z, y))
 
 
-def _flops(compiled) -> float:
-  cost = compiled.cost_analysis()
+def counted_flops(lower) -> float:
+  """XLA's FLOP count of the program `lower()` returns (a `Lowered`; it must jit a fresh
+  function), traced with models/loops.py's loops unrolled: a loop's body counts once in
+  XLA's cost analysis, so the loops' programs would under-report their arithmetic. The
+  count is of the program before XLA's optimisation passes (within ~1% of the compiled
+  program's, which can add or fold a few operations)."""
+  from sagan_jax.models import loops
+  with loops.unrolled():
+    cost = lower().cost_analysis()
   if isinstance(cost, (list, tuple)):
     cost = cost[0]
   return float(cost.get("flops", 0.0))
@@ -104,12 +124,12 @@ def describe(config, batch: int | None = None, mesh_size: int = 0,
     parallel.check_batch_size(batch, mesh)
     compiled = compile_step(config, models, state, mesh, batch)
     # cost_analysis counts one device's program: scale to the global batch.
-    step_flops = _flops(compiled) * n_dev
+    flops = step_flops(config, models, state, mesh, batch) * n_dev
     info.update({
         "batch_size": batch,
         "devices": n_dev,
-        "train_gflops_per_iteration": step_flops / 1e9,
-        "train_gflops_per_image": step_flops / batch / 1e9,
+        "train_gflops_per_iteration": flops / 1e9,
+        "train_gflops_per_image": flops / batch / 1e9,
         "g_forward_gflops_per_image": g_forward_flops(config, models, state, 8) / 8 / 1e9,
     })
     mem = compiled.memory_analysis()

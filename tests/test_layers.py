@@ -248,3 +248,29 @@ def test_attention_in_query_chunks_equals_all_at_once_in_values_and_gradients():
   got = grad((theta, phi, g), 16)    # four chunks in a loop
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+
+
+def test_loops_unrolled_gives_the_same_values_and_counts_every_piece():
+  """models/loops.py: `map` is lax.map, or a Python loop inside `unrolled()` (same values);
+  XLA's cost analysis counts a lax.map body once, the unrolled trace every iteration,
+  which is what describe.counted_flops reports."""
+  from sagan_jax import describe
+  from sagan_jax.models import loops
+  rng = np.random.default_rng(5)
+  x = jnp.asarray(rng.standard_normal((4, 32, 16)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((16, 24)), jnp.float32)
+
+  def fresh():   # a new function each time: a traced one keeps the loops it was traced with
+    return jax.jit(lambda x, w: loops.map(lambda r: r @ w, x))
+
+  looped = fresh()(x, w)
+  with loops.unrolled():
+    unrolled = fresh()(x, w)
+  np.testing.assert_allclose(np.asarray(unrolled), np.asarray(looped), rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(looped), np.einsum("nij,jk->nik", x, w), atol=1e-5)
+  one_matmul = 2 * 32 * 16 * 24
+  counted = describe.counted_flops(lambda: fresh().lower(x, w))
+  assert counted == pytest.approx(4 * one_matmul, rel=0.01)
+  cost = fresh().lower(x, w).cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  assert cost["flops"] < 2 * one_matmul   # the looped program: one body's worth

@@ -8,8 +8,8 @@ logits. The fused kernel never materialises the [N, N/4] logits (at 64x64
 feature maps, 4096 x 1024 per image and layer), which is where the memory
 of the paper's 'feat64' placement goes.
 
-  einsum  the logits and softmax in float32, as written in the paper; for
-          more than QUERY_CHUNK queries, QUERY_CHUNK of them at a time
+  einsum  the logits and softmax in float32, as written in the paper; on a
+          CPU, for more than QUERY_CHUNK queries, QUERY_CHUNK of them at a time
           (`attend_in_chunks`: the same numbers, a fraction of the memory)
   xla     jax.nn.dot_product_attention, XLA's implementation (any backend;
           equals 'einsum' within rounding: the test of the padding)
@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+from sagan_jax.models import loops
 
 IMPLS = ("auto", "einsum", "xla", "cudnn")
 QUERY_CHUNK = 1024   # 'einsum': queries per chunk (a 64x64 map's 4096 in 4)
@@ -56,14 +58,17 @@ def attend_in_chunks(theta: jax.Array, phi: jax.Array, g: jax.Array,
   if n <= rows or n % rows:
     return _attend_einsum(theta, phi, g)
   chunks = theta.reshape(b, n // rows, rows, d).swapaxes(0, 1)   # [N / rows, B, rows, d]
-  o = jax.lax.map(jax.checkpoint(lambda t: _attend_einsum(t, phi, g)), chunks)
+  o = loops.map(jax.checkpoint(lambda t: _attend_einsum(t, phi, g)), chunks)
   return o.swapaxes(0, 1).reshape(b, n, g.shape[-1])
 
 
 def attend(theta: jax.Array, phi: jax.Array, g: jax.Array, impl: str) -> jax.Array:
   """o [B, N, C_v] = softmax(theta phi^T) g; theta [B, N, d], phi [B, M, d], g [B, M, C_v]."""
-  if impl == "einsum":
-    return attend_in_chunks(theta, phi, g)
+  if impl == "einsum":   # chunks on CPU, where their memory was measured (not the loop's cost
+    # on an accelerator, whose fused kernels 'xla' / 'cudnn' are the memory-saving choice)
+    if jax.default_backend() == "cpu":
+      return attend_in_chunks(theta, phi, g)
+    return _attend_einsum(theta, phi, g)
   if impl not in ("xla", "cudnn"):
     raise ValueError(f"unknown attention implementation {impl!r}; use one of {IMPLS}")
   width = g.shape[-1]

@@ -40,6 +40,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from sagan_jax.models import loops
+
 IMPLS = ("xla", "im2col", "matmul", "shift")
 _DIMS = ("NHWC", "HWIO", "NHWC")
 Padding = tuple[tuple[int, int], tuple[int, int]]
@@ -106,7 +108,7 @@ def _dw_shift(x, dy, w_shape, padding):
     view = jax.lax.dynamic_slice(xp, (0, t // kw, t % kw, 0), (n, ho, wo, c))
     return _flat(view).T @ _flat(dy)
 
-  return jax.lax.map(tap, jnp.arange(kh * kw)).reshape(w_shape)
+  return loops.map(tap, jnp.arange(kh * kw)).reshape(w_shape)
 
 
 _WEIGHT_GRADS = {"xla": _dw_xla, "im2col": _dw_im2col, "shift": _dw_shift}

@@ -1,0 +1,37 @@
+"""The CPU path's memory-saving loops, and the switch that unrolls them to count FLOPs.
+
+`attention.attend_in_chunks` and the 'shift' convolution's weight gradient
+(`conv._dw_shift`) run a loop (`jax.lax.map`) so that XLA keeps one piece of
+their work in memory at a time. XLA's cost analysis counts a loop's body
+once, so a program with loops reports fewer FLOPs than it does. Traced inside
+`unrolled()`, `map` is a Python loop instead: the same arithmetic with every
+piece visible, which is what `describe` and `benchmarks/train_speed.py` count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import jax
+import jax.numpy as jnp
+
+_unrolled = False
+
+
+@contextlib.contextmanager
+def unrolled():
+  """Within: `map` traces as a Python loop (for counting FLOPs). Trace a fresh jitted
+  function inside it: a function traced before keeps the loops it was traced with."""
+  global _unrolled
+  before, _unrolled = _unrolled, True
+  try:
+    yield
+  finally:
+    _unrolled = before
+
+
+def map(f, xs: jax.Array) -> jax.Array:  # noqa: A001 (jax.lax.map's name)
+  """jax.lax.map(f, xs); a Python loop over xs's leading axis inside `unrolled()`."""
+  if _unrolled:
+    return jnp.stack([f(xs[i]) for i in range(xs.shape[0])])
+  return jax.lax.map(f, xs)
