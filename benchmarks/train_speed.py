@@ -108,7 +108,7 @@ def bench_config(path: str, overrides: list[str], steps: int, warmup: int) -> di
   m = config.model
   b = batch()
   t = time.perf_counter()
-  step_fn.lower(state, b, rng).compile()   # timed: the first call reuses what it built
+  step_fn.lower(state, b, rng).compile()   # the compile time alone
   compile_s = time.perf_counter() - t
   utils.release_freed_memory()   # the compiler's memory, before the first step's peak
   # XLA's count of one device's program (its loops unrolled: describe.counted_flops), global
