@@ -66,7 +66,7 @@ def main(argv=None) -> None:
   out = {"n": n, "dim": d, "trials": args.trials}
   for name, (fn, flops) in work.items():
     s = _seconds(fn, args.trials)
-    out[name] = {"seconds": round(s, 2), "gflop": round(flops / 1e9, 3),
+    out[name] = {"seconds": round(s, 3), "gflop": round(flops / 1e9, 3),
                  "gflop_per_s": round(flops / s / 1e9, 2)}
   out["machine"] = {"cpu": cpu_devices.cpu_model(), "cores": os.cpu_count(),
                     "jax": jax.__version__, "device": jax.devices()[0].platform,
