@@ -73,8 +73,9 @@ def matmul_peak_gflops(dtype: str, n: int = 2048, reps: int = 10) -> float:
 
 
 def setup(path: str, overrides: list[str]):
-  """(config, mesh, state, jitted step, rng, batch()) for one config; batch() gives the next
-  global batch (digits: real data; others: synthetic uint8, to measure the model, not I/O)."""
+  """(config, mesh, models, state, jitted step, rng, batch()) for one config; batch() gives
+  the next global batch (digits: real data; others: synthetic uint8, to measure the model,
+  not I/O)."""
   import numpy as np
   from sagan_jax import data, parallel, state as state_lib, train, utils
   config = load_config(path, overrides)
@@ -97,14 +98,14 @@ def setup(path: str, overrides: list[str]):
     parts = [next(source) for _ in range(n)]
     return parallel.global_batch({k: np.stack([p[k] for p in parts]) for k in fake}, mesh, 1)
 
-  return config, mesh, state, step_fn, rng, batch
+  return config, mesh, models, state, step_fn, rng, batch
 
 
 def bench_config(path: str, overrides: list[str], steps: int, warmup: int) -> dict:
   import jax
-  from sagan_jax import state as state_lib, train, utils
+  from sagan_jax import train, utils
   from sagan_jax.describe import count, counted_flops
-  config, mesh, state, step_fn, rng, batch = setup(path, overrides)
+  config, mesh, models, state, step_fn, rng, batch = setup(path, overrides)
   m = config.model
   b = batch()
   t = time.perf_counter()
@@ -112,7 +113,6 @@ def bench_config(path: str, overrides: list[str], steps: int, warmup: int) -> di
   compile_s = time.perf_counter() - t
   utils.release_freed_memory()   # the compiler's memory, before the first step's peak
   # XLA's count of one device's program (its loops unrolled: describe.counted_flops), global
-  models = state_lib.make_models(config)
   flops = counted_flops(lambda: train.make_train_step(models, config, mesh).lower(
       state, b, rng)) * mesh.devices.size
   for _ in range(warmup):
@@ -148,7 +148,7 @@ def compare(path: str, overrides: list[str], variants: list[str], devices: list[
   for variant in variants:
     for d in devices:
       extra = variant.split() + [f"mesh.num_devices={d}"]
-      config, mesh, state, step_fn, rng, batch = setup(path, overrides + extra)
+      config, mesh, _, state, step_fn, rng, batch = setup(path, overrides + extra)
       t = time.perf_counter()
       for _ in range(1 + warmup):  # the first call compiles
         state, metrics = step_fn(state, batch(), rng)
