@@ -7,6 +7,10 @@ and sample from (see `sagan_jax.api`); it is imported on first use, so
 
 from importlib import metadata as _metadata
 
+from sagan_jax import xla_flags as _xla_flags
+
+_xla_flags.apply()  # before JAX reads XLA_FLAGS: a bfloat16 workaround for XLA:CPU (see the module)
+
 try:
   __version__ = _metadata.version("sagan-jax")   # pyproject.toml's, once installed
 except _metadata.PackageNotFoundError:           # a checkout used without `pip install`

@@ -8,6 +8,8 @@ their forward passes and first train step differ only by rounding.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -41,11 +43,14 @@ def setup():
     m = config.model
     z = jax.random.normal(jax.random.PRNGKey(3), (16, m.z_dim), jnp.float32)
     y = jnp.arange(16, dtype=jnp.int32) % m.num_classes
-    fake = models.generator.apply(state.g, z, y, train=False)
+    # jitted, as training runs them (and one compile each: op-by-op dispatch of the whole
+    # model is slower on CPU). jaxlib 0.12's CPU backend gave NaN logits here in bfloat16
+    # until sagan_jax/xla_flags.py turned its YNN reduce fusion off.
+    fake = jax.jit(functools.partial(models.generator.apply, train=False))(state.g, z, y)
     batch = _batch(config)
     real = images.normalize(jnp.asarray(batch["image"][0]))
-    d_out = models.discriminator.apply(state.d, real, jnp.asarray(batch["label"][0]),
-                                       update_sn=False)
+    d_out = jax.jit(functools.partial(models.discriminator.apply, update_sn=False))(
+        state.d, real, jnp.asarray(batch["label"][0]))
     step_fn = train.make_train_step(models, config, mesh)
     rng = jax.device_put(np.asarray(jax.random.PRNGKey(7)), parallel.replicated(mesh))
     state1, metrics = step_fn(state, parallel.global_batch(batch, mesh, 1), rng)
