@@ -1,6 +1,6 @@
 """XLA:CPU flags sagan_jax sets before JAX starts: a workaround for wrong bfloat16 results.
 
-jaxlib 0.12's XLA:CPU hands some reductions, with the convolutions, matmuls and
+jaxlib 0.11 and 0.12's XLA:CPU hands some reductions, with the convolutions, matmuls and
 element-wise ops feeding them, to YNNPACK as one fused subgraph ("YNN reduce
 fusion"). With bfloat16 compute that subgraph returns NaN or ~1e36 in some
 rows: the jitted discriminator of `configs/tiny.py` with `model.dtype=bfloat16`
@@ -10,7 +10,7 @@ rounding. jaxlib 0.10.2 fuses the same way, accepts the flag and showed no
 NaNs; there the flag would only move float32 results in their last bits (the
 digits default would no longer reproduce its published figures), so it is
 left alone. `tests/test_precision.py` jits that forward pass and fails on
-jaxlib 0.12 without this module.
+jaxlib 0.11.2 and 0.12.0.1 without this module.
 
 So unless the user names the flag in `XLA_FLAGS` themselves, importing
 `sagan_jax` appends `--xla_cpu_experimental_ynn_fusion_type=-reduce` (remove
@@ -33,7 +33,7 @@ from importlib import metadata
 
 YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 YNN_WORKAROUND = YNN_FLAG + "=-reduce"
-MIN_JAXLIB = (0, 12, 0)  # the first jaxlib seen to give the NaNs (0.10.2 accepts the flag too)
+MIN_JAXLIB = (0, 11, 0)  # 0.11.2 and 0.12.0.1 gave the NaNs; 0.10.2 did not (it knows the flag too)
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:

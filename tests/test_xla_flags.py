@@ -9,6 +9,7 @@ from sagan_jax import xla_flags
 
 def test_appends_the_workaround_for_jaxlib_known_to_accept_it():
   assert xla_flags.ynn_flags("", "0.12.0.1") == xla_flags.YNN_WORKAROUND
+  assert xla_flags.ynn_flags("", "0.11.2") == xla_flags.YNN_WORKAROUND
   assert xla_flags.ynn_flags("--xla_force_host_platform_device_count=4", "0.12.0") == (
       "--xla_force_host_platform_device_count=4 " + xla_flags.YNN_WORKAROUND)
   assert xla_flags.ynn_flags("", "1.0.0rc1") == xla_flags.YNN_WORKAROUND
