@@ -20,7 +20,8 @@ measured for this config. Undecodable files are skipped with a warning.
 
 Variants (docs/own_data.md walks through both):
   configs/folder.py:small     a few hundred images: DiffAugment's three ops on
-                              everything D sees, fewer steps
+                              everything D sees, their probability steered by
+                              ADA's controller from 0, fewer steps
   configs/folder.py:finetune  start from a trained run, --config.init_from=RUN_DIR
                               (required), D's first two blocks frozen (FreezeD)
 """
@@ -36,6 +37,9 @@ def get_config(variant: str = ""):
   c.total_steps = 100_000     # a tenth of the ImageNet schedule
   if variant in ("small", "finetune"):
     c.augment.policy = "color,translation,cutout"  # D must not memorise a small set
+    c.augment.p = 0.0         # ADA starts without augmentation ...
+    c.augment.ada_target = 0.6  # ... and raises p while D is too sure of the reals (the ADA paper's target)
+    c.augment.ada_kimg = 100  # p can move by 1 in ~1,600 of the 20,000 steps (docs/own_data.md)
     c.total_steps = 20_000    # a few hundred images: more steps mostly overfit
     c.checkpoint_every = 2000  # and keep the better ones
   if variant == "finetune":
