@@ -70,3 +70,11 @@ def take(source, n):
 @pytest.fixture
 def tiny_config():
   return load_config("tiny")
+
+
+def pytest_xdist_auto_num_workers(config):
+  """`-n auto`: one worker per core, at most 4 (each worker's XLA uses every core, and a
+  worker holds up to ~3 GB); 0 (no workers, the tests run in this process) on one core."""
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  n = min(cores or 1, 4)
+  return 0 if n == 1 else n
