@@ -19,8 +19,11 @@ if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
 # Identical programs compile once per session (tiny runs are mostly compile time).
-_CACHE = os.environ.get("SAGAN_TEST_COMPILE_CACHE") or os.path.join(
-    tempfile.gettempdir(), "sagan_jax_test_compile_cache")
+# Each pytest-xdist worker (and the commands its tests launch) has a folder of its own: no
+# two processes of different workers write and read one cache entry at the same time.
+_CACHE = os.path.join(os.environ.get("SAGAN_TEST_COMPILE_CACHE") or os.path.join(
+    tempfile.gettempdir(), "sagan_jax_test_compile_cache"),
+    os.environ.get("PYTEST_XDIST_WORKER", "main"))
 jax.config.update("jax_compilation_cache_dir", _CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
