@@ -172,6 +172,11 @@ def test_readme_install_and_run_commands_are_the_quick_start():
   assert re.search(r"--config (configs/digits\.py|digits) --workdir runs/digits$", first[1].text)
 
 
+def _ends(text: str, n: int = 2000) -> str:
+  """The head and the tail of a long stderr (a fatal error's cause is printed first)."""
+  return text if len(text) <= 2 * n else text[:n] + "\n[...]\n" + text[-n:]
+
+
 def test_docs_commands_as_written(tmp_path):
   """Each command in document order from one fresh checkout; each must exit 0."""
   cwd = fresh_checkout(str(tmp_path / "checkout"))
@@ -186,7 +191,7 @@ def test_docs_commands_as_written(tmp_path):
                          text=True, timeout=900)
       ran.append(f"{kind:5} {c}")
       if p.returncode != 0:
-        failures.append(f"{c} [{kind}: {why}] exited {p.returncode}:\n{p.stderr[-2000:]}")
+        failures.append(f"{c} [{kind}: {why}] exited {p.returncode}:\n{_ends(p.stderr)}")
     if doc == "README.md":   # its snippets use the run its commands made
       for snippet in python_snippets(doc):
         p = subprocess.run([sys.executable, "-c", snippet.text], cwd=cwd, env=env,
