@@ -199,7 +199,7 @@ def test_docs_commands_as_written(tmp_path):
         ran.append(f"py    {snippet.doc}:{snippet.line}")
         if p.returncode != 0:
           failures.append(f"python snippet {snippet.doc}:{snippet.line} exited "
-                          f"{p.returncode}:\n{p.stderr[-2000:]}")
+                          f"{p.returncode}:\n{_ends(p.stderr)}")
   print("\n".join(ran))
   assert not failures, "\n\n".join(failures)
   assert os.path.isdir(os.path.join(cwd, "runs", "digits", "checkpoints"))
