@@ -25,9 +25,18 @@ and recorded, a failing part recorded and the next one run:
   benchmark   benchmarks/train_speed.py on configs/imagenet128.py at batch
               256 in bfloat16 (--dry-run: configs/tiny.py), with MFU against
               the chip's datasheet dense bf16 peak (PEAK_TFLOPS, or
-              --peak_tflops); batch 128 if 256 does not fit
+              --peak_tflops) and against the bf16 matmul rate it measures;
+              batch 128 if 256 does not fit
+  train_run   the README's digits default as a user runs it (`python -m
+              sagan_jax.main --config configs/digits.py`, --dry-run:
+              configs/tiny.py) on this device in a fresh workdir, then
+              `sagan_jax.evaluate --digits_score`: wall time, the in-training
+              evaluations and the final score (checkpoints, summaries and the
+              evaluators on the device); reported, not judged
 
-Errors are max|a - b| / max|b| over each array (gradients included). A part
+Errors are max|a - b| / max|b| over each array (gradients included). Each
+part prints one line of its figures as it ends, and the JSON report is
+rewritten after every part, so a check cut short keeps what finished. A part
 that cannot run here (no cuDNN on a TPU, an unknown chip's peak, time out of
 --budget_s) is listed under `not_done` and printed at the end; the exit
 status is 1 if any check failed, else 0.
@@ -40,10 +49,14 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+# This process holds device memory only as it needs it: the benchmark and the training run
+# are child processes that take the GPU's usual share (jax preallocates 75% by default).
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 # Dense bfloat16 datasheet peaks, TFLOP/s, by a lowercase piece of jax's device_kind.
 PEAK_TFLOPS = {"h100": 989.0, "h200": 989.0, "a100": 312.0, "tpu v4": 275.0,
@@ -51,6 +64,7 @@ PEAK_TFLOPS = {"h100": 989.0, "h200": 989.0, "a100": 312.0, "tpu v4": 275.0,
 # Tolerances on max|a - b| / max|b| by how the device computed.
 TOL = {"highest": 1e-5, "default": 1e-2, "bfloat16": 5e-2}
 TRAIN_TOL = {"highest": 1e-4, "default": 2e-2, "bfloat16": 1e-1}
+PARTS = ("conv", "attention", "train_step", "benchmark", "train_run")
 
 
 def rel_err(a, b) -> float:
@@ -249,8 +263,51 @@ def benchmark(small: bool, peak: float | None, timeout_s: float) -> dict:
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
     if p.returncode == 0 and lines:
       return {**json.loads(lines[-1]), "args": args, "peak_tflops": peak, "tried": tried}
-    tried.append({"args": args, "error": p.stderr.strip().splitlines()[-1:] or [p.returncode]})
+    tried.append({"args": args, "error": _tail(p.stderr, 3) or [p.returncode]})
+    if not any(s in p.stderr for s in ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory")):
+      break   # only running out of memory is worth a smaller batch
   raise RuntimeError(f"train_speed.py did not finish: {tried}")
+
+
+def _last_json(text: str) -> dict | None:
+  lines = [ln for ln in text.splitlines() if ln.startswith("{")]
+  return json.loads(lines[-1]) if lines else None
+
+
+def _tail(text: str, n: int = 5) -> list[str]:
+  return text.strip().splitlines()[-n:]
+
+
+def train_run(small: bool, timeout_s: float) -> dict:
+  """The digits default as the README runs it, on this device, in a fresh workdir; then
+  `evaluate --digits_score` on its EMA samples (--dry-run: configs/tiny.py, 500 samples)."""
+  config = "configs/tiny.py" if small else "configs/digits.py"
+  deadline = time.monotonic() + timeout_s
+  with tempfile.TemporaryDirectory(prefix="sagan_jax_check_") as workdir:
+    cmd = [sys.executable, "-m", "sagan_jax.main", "--config", config, "--workdir", workdir]
+    t = time.monotonic()
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                       timeout=max(deadline - time.monotonic(), 1))
+    out = {"command": " ".join(["python"] + cmd[1:-1] + ["WORKDIR"]),
+           "train_wall_s": round(time.monotonic() - t, 1), "returncode": p.returncode}
+    if p.returncode != 0:
+      raise RuntimeError(f"training exited {p.returncode}: {_tail(p.stderr)}")
+    log = p.stdout.splitlines()
+    out["progress"] = [ln for ln in log if ln.startswith("step ")][-2:]
+    evals = os.path.join(workdir, "eval.jsonl")
+    if os.path.exists(evals):
+      with open(evals) as f:
+        out["evals"] = [json.loads(ln) for ln in f if ln.strip()]
+    cmd = [sys.executable, "-m", "sagan_jax.evaluate", "--workdir", workdir, "--num_samples",
+           "500" if small else "1000", "--digits_score", "--noinception"]
+    t = time.monotonic()
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                       timeout=max(deadline - time.monotonic(), 1))
+    out["evaluate_wall_s"] = round(time.monotonic() - t, 1)
+    if p.returncode != 0:
+      raise RuntimeError(f"evaluate exited {p.returncode}: {_tail(p.stderr)}")
+    out["evaluate"] = _last_json(p.stdout)
+  return out
 
 
 def _failed(result) -> list[str]:
@@ -262,8 +319,42 @@ def _failed(result) -> list[str]:
   return [f"{k}/{sub}".rstrip("/") for k, v in result.items() for sub in _failed(v)]
 
 
+def summary(name: str, result: dict) -> str:
+  """One line of a finished part's headline figures ('' when it has none)."""
+  if name == "benchmark" and "sec_per_iteration" in result:
+    return (f"{result['config']} batch {result['batch_size']} {result['dtype']}: "
+            f"{result['sec_per_iteration']} s/iteration, {result['images_per_sec']} img/s, "
+            f"{result['achieved_gflops']} GFLOP/s, compile {result['compile_s']} s, "
+            f"MFU {result['mfu']}" + (f" (of the measured matmul rate: {result['mfu_measured']})"
+                                      if "mfu_measured" in result else ""))
+  if name == "train_run" and "train_wall_s" in result:
+    score = result.get("evaluate") or {}
+    return (f"{result['command']}: {result['train_wall_s']} s; evaluate: "
+            + ", ".join(f"{k} {v:.4g}" for k, v in score.items()
+                        if k.startswith("digits_") and isinstance(v, float)))
+  worst = {}  # numerics parts: the largest error per mode
+  for case in result.values():
+    if isinstance(case, dict):
+      for mode, r in case.items():
+        if isinstance(r, dict) and "max_rel_err" in r:
+          worst[mode] = max(worst.get(mode, 0.0), r["max_rel_err"])
+  for mode, r in result.items():  # train_step: {mode: {loss_rel_err, update_rel_err, ...}}
+    if isinstance(r, dict) and "update_rel_err" in r:
+      worst[mode] = max(r["update_rel_err"], *r["loss_rel_err"].values())
+  return ", ".join(f"{mode} worst {err:.2g}" for mode, err in worst.items())
+
+
+def save(report: dict, path: str) -> None:
+  """Writes the report whole or not at all (a killed check leaves the last complete one)."""
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    json.dump(report, f, indent=1)
+  os.replace(tmp, path)
+
+
 def run(args) -> dict:
-  """Every part in order within the time budget; the report as one dict."""
+  """Every part in order within the time budget; the report as one dict, written to
+  args.out after every part (what finished survives a kill or a time-out)."""
   start = time.monotonic()
   report = {"dry_run": args.dry_run, "parts": {}, "failed": [], "not_done": []}
   info = devices_info()
@@ -281,6 +372,8 @@ def run(args) -> dict:
            "attention": lambda: attention_checks(args.dry_run),
            "train_step": lambda: train_step_checks(args.dry_run),
            "benchmark": lambda: benchmark(args.dry_run, peak, args.budget_s
+                                          - (time.monotonic() - start)),
+           "train_run": lambda: train_run(args.dry_run, args.budget_s
                                           - (time.monotonic() - start))}
   for name in args.parts:
     if time.monotonic() - start > args.budget_s - 30:
@@ -295,8 +388,13 @@ def run(args) -> dict:
     result["seconds"] = round(time.monotonic() - t, 1)
     report["parts"][name] = result
     report["failed"] += [f"{name}/{f}" for f in _failed(result)]
-    print(f"{name}: {result['seconds']} s, failed: {_failed(result) or 'none'}", flush=True)
+    report["seconds"] = round(time.monotonic() - start, 1)
+    save(report, args.out)
+    line = summary(name, result)
+    print(f"{name}: {result['seconds']} s, failed: {_failed(result) or 'none'}"
+          + (f"; {line}" if line else ""), flush=True)
   report["seconds"] = round(time.monotonic() - start, 1)
+  save(report, args.out)
   return report
 
 
@@ -305,22 +403,20 @@ def main(argv=None) -> int:
                                formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--dry-run", "--cpu", dest="dry_run", action="store_true",
                   help="tiny sizes (and configs/tiny.py for the benchmark): the CPU rehearsal")
-  ap.add_argument("--out", default="accelerator_check.json", help="the JSON report")
-  ap.add_argument("--parts", nargs="*", default=["conv", "attention", "train_step", "benchmark"],
-                  choices=["conv", "attention", "train_step", "benchmark"])
+  ap.add_argument("--out", default="accelerator_check.json",
+                  help="the JSON report (rewritten after every part)")
+  ap.add_argument("--parts", nargs="*", default=list(PARTS), choices=PARTS,
+                  help="which parts, in this order (default: all)")
   ap.add_argument("--peak_tflops", type=float, default=0.0,
                   help="the chip's peak for MFU (default: PEAK_TFLOPS by device kind)")
   ap.add_argument("--budget_s", type=float, default=540.0,
                   help="stop starting parts after this many seconds (the whole check < 10 min)")
   args = ap.parse_args(argv)
   report = run(args)
-  with open(args.out, "w") as f:
-    json.dump(report, f, indent=1)
-  bench = report["parts"].get("benchmark", {})
-  if "sec_per_iteration" in bench:
-    print(f"benchmark: {bench['config']} batch {bench['batch_size']} {bench['dtype']}: "
-          f"{bench['sec_per_iteration']} s/iteration, {bench['achieved_gflops']} GFLOP/s, "
-          f"MFU {bench['mfu']}")
+  for name in ("benchmark", "train_run"):
+    line = summary(name, report["parts"].get(name, {}))
+    if line:
+      print(f"{name}: {line}")
   for line in report["not_done"]:
     print(f"not done: {line}")
   for name in report["failed"]:

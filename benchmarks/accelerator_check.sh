@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
 # The one-script accelerator check: a fresh virtual environment with the jax wheel for this
 # host's GPU or TPU, the devices, then benchmarks/accelerator_check.py (numerics against the
-# plain path and the CPU, train_speed.py with MFU), one JSON file. Under 10 minutes on one
-# GPU after the install.
+# plain path and the CPU, train_speed.py with MFU, the digits quick start), one JSON file.
+# Aimed at under 10 minutes on one GPU after the install.
 #
 # Usage: benchmarks/accelerator_check.sh [--cuda | --tpu | --cpu] [--out FILE] [--venv DIR]
 #            [--python PY] [--no-install] [-n] [-- ARGS...]
 #
-#   --cuda / --tpu   which jax wheel (jax[cuda12] / jax[tpu]); default: nvidia-smi finds a
-#                    GPU -> cuda, a TPU device file or $TPU_NAME -> tpu, else --cpu
+#   --cuda / --tpu   which jax wheel (jax[cuda12], or jax[cuda13] where nvidia-smi reports a
+#                    CUDA 13 driver / jax[tpu]); default: nvidia-smi finds a GPU -> cuda,
+#                    a TPU device file or $TPU_NAME -> tpu, else --cpu
 #   --cpu            the CPU rehearsal: nothing installed, accelerator_check.py --dry-run
 #                    with PY (default python3) at tiny sizes
 #   --out FILE       the JSON report (default accelerator_check.json)
 #   --venv DIR       where the environment goes (default ${TMPDIR:-/tmp}/sagan_jax_accel_venv)
 #   --python PY      the interpreter that creates the venv (or, with --no-install, runs)
-#   --no-install     use PY as it is (it must have jax for the accelerator already)
+#   --no-install     use PY as it is (it must have jax for the accelerator already); also
+#                    what happens, with a note, when the install fails but PY's jax sees
+#                    the accelerator (a machine without a package index)
 #   -n               print the commands, run nothing
 #   ARGS             passed to accelerator_check.py (e.g. --parts conv attention)
 #
@@ -59,6 +62,14 @@ detect() {
   fi
 }
 
+cuda_major() {  # the CUDA version the driver supports (nvidia-smi's header), major only
+  nvidia-smi 2>/dev/null | sed -n 's/.*CUDA Version: *\([0-9][0-9]*\).*/\1/p' | head -n 1
+}
+
+has_accelerator() {  # has_accelerator PY: PY's jax has a GPU/TPU backend
+  "$1" -c 'import jax, sys; sys.exit(jax.default_backend() == "cpu")' >/dev/null 2>&1
+}
+
 run() {
   echo "+ $*"
   if [[ $show -eq 0 ]]; then "$@"; fi
@@ -72,7 +83,11 @@ if [[ $kind == cpu ]]; then
   extra=(--dry-run "${extra[@]}")
 elif [[ $install -eq 1 ]]; then
   wheel="jax[cuda12]"
-  [[ $kind == tpu ]] && wheel="jax[tpu]"
+  if [[ $kind == tpu ]]; then
+    wheel="jax[tpu]"
+  elif [[ "$(cuda_major)" -ge 13 ]] 2>/dev/null; then
+    wheel="jax[cuda13]"
+  fi
   wheel="$wheel${JAX_VERSION:+==$JAX_VERSION}"
   reqs="$venv.requirements.txt"
   run "$python" -m venv "$venv"
@@ -80,12 +95,15 @@ elif [[ $install -eq 1 ]]; then
   if [[ $show -eq 0 ]]; then
     grep -vE '^(tensorflow|tensorboard|scikit-learn|pytest)' "$root/requirements.txt" >"$reqs"
   fi
-  if ! run "$venv/bin/pip" install -q -r "$reqs" "$wheel"; then
+  if run "$venv/bin/pip" install -q -r "$reqs" "$wheel"; then
+    py="$venv/bin/python"
+  elif [[ $show -eq 0 ]] && has_accelerator "$python"; then
+    not_done+=("installing $wheel into $venv failed (no network?): ran with $python's own jax")
+  else
     echo "not done: installing $wheel into $venv failed (no network?); rerun with" \
          "--no-install --python PY, PY an interpreter that has it" >&2
     exit 1
   fi
-  py="$venv/bin/python"
 fi
 
 if ! run "$py" -c 'import jax; print("jax", jax.__version__, jax.devices())'; then

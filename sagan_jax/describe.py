@@ -77,18 +77,24 @@ def g_forward_flops(config, models, state, batch: int) -> float:
   return counted_flops(lambda: sampling.jitted_generate(models.generator).lower(state.g, z, y))
 
 
-def counted_flops(lower) -> float:
+def counted_flops(lower, compiled=None) -> float:
   """XLA's FLOP count of the program `lower()` returns (a `Lowered`; it must jit a fresh
   function), traced with models/loops.py's loops unrolled: a loop's body counts once in
   XLA's cost analysis, so the loops' programs would under-report their arithmetic. The
   count is of the program before XLA's optimisation passes (within ~1% of the compiled
-  program's, which can add or fold a few operations)."""
+  program's, which can add or fold a few operations). Where the backend has no such
+  analysis before compiling (jax 0.11's GPU backend returns None), it is the compiled
+  program's: `compiled`, if given (the same program already compiled; the loops run on CPUs
+  only, so nothing is rolled there), else `lower()` compiled."""
   from sagan_jax.models import loops
   with loops.unrolled():
-    cost = lower().cost_analysis()
+    lowered = lower()
+    cost = lowered.cost_analysis()
+    if cost is None:
+      cost = (compiled or lowered.compile()).cost_analysis()
   if isinstance(cost, (list, tuple)):
     cost = cost[0]
-  return float(cost.get("flops", 0.0))
+  return float((cost or {}).get("flops", 0.0))
 
 
 def describe(config, batch: int | None = None, mesh_size: int = 0,

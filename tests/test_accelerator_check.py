@@ -105,9 +105,49 @@ def test_full_dry_run_through_the_shell_script(tmp_path):
           env_extra={"XLA_FLAGS": "", "PYTHONPATH": ROOT})
   assert r.returncode == 0, r.stdout + r.stderr
   report = json.loads(out.read_text())
-  assert set(report["parts"]) == {"conv", "attention", "train_step", "benchmark"}
+  assert set(report["parts"]) == {"conv", "attention", "train_step", "benchmark", "train_run"}
   assert report["failed"] == [], report["failed"]
   assert report["parts"]["train_step"]["highest"]["update_rel_err"] < 1e-4
   bench = report["parts"]["benchmark"]
   assert bench["config"] == "tiny.py" and bench["sec_per_iteration"] > 0
   assert "wrote" in r.stdout
+  run = report["parts"]["train_run"]
+  assert run["train_wall_s"] > 0 and run["evaluate"]["num_samples"] == 500
+
+
+def test_report_is_written_after_every_part(tmp_path, monkeypatch):
+  """A check killed in its second part keeps the first part's figures on disk."""
+  out = tmp_path / "check.json"
+  monkeypatch.setattr(check, "train_step_checks",
+                      lambda small: {"highest": {"loss_rel_err": {"d_loss": 0.0},
+                                                 "update_rel_err": 2e-6, "tol": 1e-4,
+                                                 "ok": True}})
+
+  def killed(small):
+    raise KeyboardInterrupt   # as a time-out's signal would end the process
+
+  monkeypatch.setattr(check, "attention_checks", killed)
+  with pytest.raises(KeyboardInterrupt):
+    check.main(["--dry-run", "--parts", "train_step", "attention", "--out", str(out)])
+  report = json.loads(out.read_text())
+  assert list(report["parts"]) == ["train_step"]
+  assert report["parts"]["train_step"]["highest"]["update_rel_err"] == 2e-6
+  assert not (tmp_path / "check.json.tmp").exists()
+  assert check.summary("train_step", report["parts"]["train_step"]) == "highest worst 2e-06"
+
+
+def test_cuda13_driver_gets_the_cuda13_wheel(tmp_path):
+  """nvidia-smi's header names the CUDA version the driver supports: 13 -> jax[cuda13]."""
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  smi = bin_dir / "nvidia-smi"
+  smi.write_text("#!/bin/sh\necho '| NVIDIA-SMI 580.159.04   Driver Version: 580.159.04   "
+                 "CUDA Version: 13.0     |'\n")
+  smi.chmod(0o755)
+  env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+  r = _sh("--cuda", "-n", "--venv", str(tmp_path / "v"), env_extra=env)
+  assert r.returncode == 0, r.stderr
+  assert any(line.startswith("+ ") and line.endswith("jax[cuda13]") for line in r.stdout.splitlines())
+  smi.write_text("#!/bin/sh\necho '| Driver Version: 535.104.05   CUDA Version: 12.2 |'\n")
+  r = _sh("--cuda", "-n", "--venv", str(tmp_path / "v"), env_extra=env)
+  assert any(line.startswith("+ ") and line.endswith("jax[cuda12]") for line in r.stdout.splitlines())

@@ -274,3 +274,29 @@ def test_loops_unrolled_gives_the_same_values_and_counts_every_piece():
   cost = fresh().lower(x, w).cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   assert cost["flops"] < 2 * one_matmul   # the looped program: one body's worth
+
+
+def test_counted_flops_falls_back_to_the_compiled_program():
+  """Where the backend has no cost analysis before compiling (jax 0.11's GPU backend returns
+  None), counted_flops asks the compiled program: the one given, else lower()'s compile."""
+  from sagan_jax import describe
+  x = jnp.ones((8, 16), jnp.float32)
+  w = jnp.ones((16, 24), jnp.float32)
+  lowered = jax.jit(lambda x, w: x @ w).lower(x, w)
+
+  class NoPreCompileAnalysis:   # a Lowered as the GPU backend gives it
+    def __init__(self):
+      self.compiles = 0
+
+    def cost_analysis(self):
+      return None
+
+    def compile(self):
+      self.compiles += 1
+      return lowered.compile()
+
+  fake = NoPreCompileAnalysis()
+  assert describe.counted_flops(lambda: fake) == pytest.approx(2 * 8 * 16 * 24, rel=0.01)
+  assert fake.compiles == 1
+  given = describe.counted_flops(lambda: fake, lowered.compile())
+  assert given == pytest.approx(2 * 8 * 16 * 24, rel=0.01) and fake.compiles == 1
