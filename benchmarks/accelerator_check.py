@@ -239,6 +239,15 @@ def train_step_checks(small: bool) -> dict:
   return out
 
 
+def _last_json(text: str) -> dict | None:
+  lines = [ln for ln in text.splitlines() if ln.startswith("{")]
+  return json.loads(lines[-1]) if lines else None
+
+
+def _tail(text: str, n: int = 5) -> list[str]:
+  return text.strip().splitlines()[-n:]
+
+
 def benchmark(small: bool, peak: float | None, timeout_s: float) -> dict:
   """train_speed.py in a subprocess (its JSON line); batch 128 if 256 runs out of memory."""
   if small:
@@ -260,22 +269,13 @@ def benchmark(small: bool, peak: float | None, timeout_s: float) -> dict:
     except subprocess.TimeoutExpired:
       tried.append({"args": args, "error": f"timed out after {left:.0f} s"})
       break
-    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
-    if p.returncode == 0 and lines:
-      return {**json.loads(lines[-1]), "args": args, "peak_tflops": peak, "tried": tried}
+    result = _last_json(p.stdout)
+    if p.returncode == 0 and result:
+      return {**result, "args": args, "peak_tflops": peak, "tried": tried}
     tried.append({"args": args, "error": _tail(p.stderr, 3) or [p.returncode]})
     if not any(s in p.stderr for s in ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory")):
       break   # only running out of memory is worth a smaller batch
   raise RuntimeError(f"train_speed.py did not finish: {tried}")
-
-
-def _last_json(text: str) -> dict | None:
-  lines = [ln for ln in text.splitlines() if ln.startswith("{")]
-  return json.loads(lines[-1]) if lines else None
-
-
-def _tail(text: str, n: int = 5) -> list[str]:
-  return text.strip().splitlines()[-n:]
 
 
 def train_run(small: bool, timeout_s: float) -> dict:

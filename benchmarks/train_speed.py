@@ -241,12 +241,10 @@ def main():
     r = bench_config(path, overrides, args.steps, args.warmup)
     if shape:
       r["shape"] = shape
-    peak = args.peak_tflops * 1e3 if args.peak_tflops else (
-        peak16 if r["dtype"] == "bfloat16" else peak32)
-    r["mfu"] = round(r["achieved_gflops"] / peak, 4)
+    measured = peak16 if r["dtype"] == "bfloat16" else peak32
+    r["mfu"] = round(r["achieved_gflops"] / (args.peak_tflops * 1e3 or measured), 4)
     if args.peak_tflops:  # also against what this chip's matmul reached in this run
-      r["mfu_measured"] = round(r["achieved_gflops"] / (
-          peak16 if r["dtype"] == "bfloat16" else peak32), 4)
+      r["mfu_measured"] = round(r["achieved_gflops"] / measured, 4)
     r["machine"] = machine
     print(json.dumps(r), flush=True)
 
