@@ -97,18 +97,37 @@ def _dw_im2col(x, dy, w_shape, padding):
   return (_flat(patches(x, kh, kw, padding)).T @ _flat(dy)).reshape(w_shape)
 
 
+def batch_groups(n: int) -> int:
+  """Groups `_dw_shift` cuts a batch of n into: the device count when it divides n, else 1.
+
+  Sharded data-parallel, each device then holds whole groups, so the loop's
+  per-tap sums stay on their device and the one sum over groups after the
+  loop is the layer's only cross-device reduction. Summed over the batch
+  inside the loop, the partitioned program had an all-reduce inside a while
+  loop, which jaxlib 0.12's XLA:CPU may run in a different order on two
+  devices than an all-reduce outside it: both wait for each other (the
+  digits default deadlocked on a 2-core machine under load).
+  """
+  d = jax.device_count()
+  return d if d > 1 and n % d == 0 else 1
+
+
 def _dw_shift(x, dy, w_shape, padding):
   """One matmul per kernel tap, in a loop: one shifted view of x in memory at a time (as a
-  list of slices XLA kept all kh*kw of them, and those of other layers, alive at once)."""
-  kh, kw, c, _ = w_shape
+  list of slices XLA kept all kh*kw of them, and those of other layers, alive at once).
+  The batch is cut into `batch_groups` groups summed after the loop."""
+  kh, kw, c, o = w_shape
   n, ho, wo, _ = dy.shape
+  g = batch_groups(n)
   xp = jnp.pad(x, ((0, 0),) + tuple(padding) + ((0, 0),))
+  xp = xp.reshape((g, n // g) + xp.shape[1:])
+  dy = dy.reshape(g, (n // g) * ho * wo, o)
 
   def tap(t):
-    view = jax.lax.dynamic_slice(xp, (0, t // kw, t % kw, 0), (n, ho, wo, c))
-    return _flat(view).T @ _flat(dy)
+    view = jax.lax.dynamic_slice(xp, (0, 0, t // kw, t % kw, 0), (g, n // g, ho, wo, c))
+    return jnp.einsum("gpc,gpo->gco", view.reshape(g, -1, c), dy)
 
-  return loops.map(tap, jnp.arange(kh * kw)).reshape(w_shape)
+  return loops.map(tap, jnp.arange(kh * kw)).sum(axis=1).reshape(w_shape)
 
 
 _WEIGHT_GRADS = {"xla": _dw_xla, "im2col": _dw_im2col, "shift": _dw_shift}
