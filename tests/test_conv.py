@@ -161,6 +161,16 @@ def test_auto_rule_on_cpu():
     assert conv_tune.resolve(impl, (1, 4, 4, 8), (3, 3, 8, 8), np.float32) == impl
 
 
+def test_auto_keeps_small_downsampling_convs_literal():
+  f = conv_tune.fuses_resampling
+  assert not f("auto", "down", (8, 8, 8, 1024))      # 512 input pixels: literal
+  assert f("auto", "down", (8, 16, 16, 512))         # 2,048: the rewrite
+  assert f("tune", "down", (8, 16, 16, 512)) and not f("tune", "down", (2, 8, 8, 64))
+  assert f("auto", "up", (8, 4, 4, 1024))            # upsampling: always the rewrite
+  assert f("shift", "down", (1, 4, 4, 8))            # an implementation asked for: as asked
+  assert not f("xla", "up", (8, 64, 64, 64))         # the reference never rewrites
+
+
 @pytest.fixture
 def tune_cache(tmp_path, monkeypatch):
   monkeypatch.setenv("SAGAN_JAX_CACHE_DIR", str(tmp_path))

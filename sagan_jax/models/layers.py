@@ -135,7 +135,7 @@ class SNConv(nn.Module):
       kernel = SpectralNorm(self.sn_eps, self.sn_init_iters, name="sn")(kernel, update_sn)
     choose = functools.partial(conv_tune.resolve, self.conv_impl, dtype=self.dtype)
     y = conv.resampled_conv(x.astype(self.dtype), kernel.astype(self.dtype), choose, resample,
-                            fuse=conv_tune.fuses_resampling(self.conv_impl))
+                            fuse=conv_tune.fuses_resampling(self.conv_impl, resample, x.shape))
     if self.use_bias:
       bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
       y = y + bias.astype(self.dtype)
