@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from conftest import load_config
+from tests.conftest import load_config
 from sagan_jax import describe, parallel, state as state_lib
 from sagan_jax.models import conv
 
