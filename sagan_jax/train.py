@@ -19,7 +19,7 @@ from typing import Callable
 import jax
 import ml_collections
 
-from sagan_jax import loop, parallel
+from sagan_jax import loop, parallel, xla_flags
 from sagan_jax.state import Models, TrainState
 from sagan_jax.step import train_step
 
@@ -27,12 +27,14 @@ __all__ = ["make_train_step", "step_rng", "train_and_evaluate", "train_step"]
 
 
 def make_train_step(models: Models, config, mesh) -> Callable:
-  """jit(train_step) with the state replicated and the batch sharded on 'data'."""
+  """jit(train_step) with the state replicated and the batch sharded on 'data'
+  (float32 on CPU: with xla_flags.compiler_options, YNNPACK's reduce fusion on)."""
   rep = parallel.replicated(mesh)
   step = functools.partial(train_step, models=models, config=config,
                            z_sharding=parallel.batch_sharding(mesh))
+  options = xla_flags.compiler_options(config.model.dtype, mesh.devices.flat[0].platform)
   return jax.jit(step, in_shardings=(rep, parallel.batch_sharding(mesh, 1), rep),
-                 out_shardings=(rep, rep), donate_argnums=(0,))
+                 out_shardings=(rep, rep), donate_argnums=(0,), compiler_options=options)
 
 
 # The noise key of every step (moved with the loop; kept here for callers of train.step_rng).

@@ -1,10 +1,16 @@
-"""The XLA:CPU workaround flags (sagan_jax/xla_flags.py): set once, never over the user's."""
+"""The XLA:CPU workaround flags (sagan_jax/xla_flags.py): set once, never over the user's,
+and lifted again for float32 train steps."""
 
 from __future__ import annotations
 
 import os
 
-from sagan_jax import xla_flags
+import jax
+import numpy as np
+
+from sagan_jax import data, parallel, train, xla_flags
+from sagan_jax import state as state_lib
+from tests.conftest import load_config
 
 
 def test_appends_the_workaround_for_jaxlib_known_to_accept_it():
@@ -40,3 +46,74 @@ def test_this_process_runs_with_the_workaround():
   version = xla_flags._jaxlib_version()
   if xla_flags._version_tuple(version) >= xla_flags.MIN_JAXLIB:
     assert xla_flags.YNN_FLAG in os.environ["XLA_FLAGS"]
+
+
+def test_compiler_options_only_for_float32_on_cpu_under_the_workaround():
+  ours = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2 " + xla_flags.YNN_WORKAROUND}
+  assert xla_flags.compiler_options("float32", "cpu", ours) == xla_flags.FLOAT32_OPTIONS
+  assert xla_flags.compiler_options("bfloat16", "cpu", ours) is None  # the NaN case
+  assert xla_flags.compiler_options("float32", "gpu", ours) is None
+  assert xla_flags.compiler_options("float32", "tpu", ours) is None
+  # no workaround in this process (older jaxlib), or a YNN flag of the user's own
+  assert xla_flags.compiler_options("float32", "cpu", {}) is None
+  users = {"XLA_FLAGS": xla_flags.YNN_FLAG + "=+reduce"}
+  assert xla_flags.compiler_options("float32", "cpu", users) is None
+
+
+def test_compiler_options_fall_back_when_this_jaxlib_refuses_them(monkeypatch):
+  monkeypatch.setattr(xla_flags, "FLOAT32_OPTIONS",
+                      {"xla_cpu_experimental_ynn_fusion_type": "NO_SUCH_FUSION_TYPE"})
+  xla_flags._options_accepted.cache_clear()
+  try:
+    ours = {"XLA_FLAGS": xla_flags.YNN_WORKAROUND}
+    assert xla_flags.compiler_options("float32", "cpu", ours) is None
+  finally:
+    xla_flags._options_accepted.cache_clear()
+
+
+def test_float32_train_step_with_the_fusion_equals_the_step_without(monkeypatch):
+  """The per-program options change the compiled step (where this process runs the
+  workaround) and not its result beyond float32 rounding: losses, and the updates of
+  G, D and the EMA with Adam's lr = eps = 1e3 (so that an update is ~ the gradient,
+  not ~ lr * sign(gradient), which rounding flips for gradients near 0)."""
+  config = load_config("tiny", optim__d_lr=1e3, optim__g_lr=1e3, optim__eps=1e3)
+  assert config.model.dtype == "float32"
+  mesh = parallel.make_mesh(1)
+  models = state_lib.make_models(config)
+  state = state_lib.create_state(models, config, mesh)
+  src = data.make_source(config)
+  parts = [next(src) for _ in range(config.optim.n_critic)]
+  batch = parallel.global_batch(
+      {k: np.stack([p[k] for p in parts]) for k in ("image", "label")}, mesh, 1)
+  rng = jax.device_put(np.asarray(jax.random.PRNGKey(5)), parallel.replicated(mesh))
+  start = jax.device_get(state)
+
+  fast = train.make_train_step(models, config, mesh)
+  monkeypatch.setattr(xla_flags, "compiler_options", lambda *a, **k: None)
+  plain = train.make_train_step(models, config, mesh)
+
+  active = xla_flags.YNN_WORKAROUND in os.environ.get("XLA_FLAGS", "").split()
+  if active:
+    texts = [f.lower(state, batch, rng).compile().as_text() for f in (fast, plain)]
+    assert texts[0] != texts[1]
+
+  out = {}
+  for name, fn in (("fast", fast), ("plain", plain)):
+    s = jax.device_put(start, parallel.replicated(mesh))  # the step donates its state
+    new, metrics = fn(s, batch, rng)
+    out[name] = (jax.device_get(new), jax.device_get(metrics))
+  (s_fast, m_fast), (s_plain, m_plain) = out["fast"], out["plain"]
+  for k in ("d_loss", "g_loss", "d_real", "d_fake"):
+    np.testing.assert_allclose(m_fast[k], m_plain[k], rtol=1e-4, atol=1e-5, err_msg=k)
+  for part in ("g", "d", "ema"):  # parameters, SN vectors, BN statistics
+    leaves = zip(*(jax.tree.leaves(getattr(t, part)) for t in (s_fast, s_plain, start)))
+    updates = [(np.asarray(x, np.float64) - x0, np.asarray(y, np.float64) - x0)
+               for x, y, x0 in leaves]
+    scale = max(np.abs(dy).max() for _, dy in updates)
+    assert scale > 0, part
+    for dx, dy in updates:
+      # an update that is rounding noise (a conv bias before BN, whose gradient is 0)
+      # is held to the part's scale; the others to their own
+      own = np.abs(dy).max()
+      tol = 1e-4 * own if own > 1e-3 * scale else 1e-5 * scale
+      assert np.abs(dx - dy).max() <= tol, (part, dy.shape)
