@@ -116,11 +116,14 @@ def _child_env() -> dict[str, str]:
 
 def _start_two_processes(workdir: str, outdir: str) -> list[subprocess.Popen]:
   port = free_port()
-  env = _child_env()
+  # Each process compiles into an empty cache of its own: with the suite's shared cache one
+  # process could load a program the other compiled anew, and the two then hung in their
+  # first collective (seen on jaxlib 0.12.1, the test's processes killed at the time limit).
   return [subprocess.Popen(
       [sys.executable, "-c", WORKER, str(port), str(i), workdir,
        os.path.join(outdir, f"params_{i}.npz"), json.dumps(OVERRIDES)],
-      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+      env={**_child_env(), "SAGAN_TEST_COMPILE_CACHE": os.path.join(outdir, f"cache_{i}")})
       for i in range(2)]
 
 
