@@ -81,3 +81,13 @@ def pytest_xdist_auto_num_workers(config):
   cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
   n = min(cores or 1, 4)
   return 0 if n == 1 else n
+
+
+def step_batch(config) -> dict:
+  """One train step's host batch: the first config.optim.n_critic source batches stacked."""
+  import numpy as np
+
+  from sagan_jax import data
+  src = data.make_source(config)
+  parts = [next(src) for _ in range(config.optim.n_critic)]
+  return {k: np.stack([p[k] for p in parts]) for k in ("image", "label")}

@@ -15,19 +15,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sagan_jax import data, images, parallel, train
+from sagan_jax import images, parallel, train
 from sagan_jax import state as state_lib
-from tests.conftest import load_config
+from tests.conftest import load_config, step_batch
 
 
 def _config(dtype: str):
   return load_config("tiny", model__dtype=dtype)
 
 
-def _batch(config):
-  src = data.make_source(config)
-  parts = [next(src) for _ in range(config.optim.n_critic)]
-  return {k: np.stack([p[k] for p in parts]) for k in ("image", "label")}
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +43,7 @@ def setup():
     # model is slower on CPU). jaxlib 0.12's CPU backend gave NaN logits here in bfloat16
     # until sagan_jax/xla_flags.py turned its YNN reduce fusion off.
     fake = jax.jit(functools.partial(models.generator.apply, train=False))(state.g, z, y)
-    batch = _batch(config)
+    batch = step_batch(config)
     real = images.normalize(jnp.asarray(batch["image"][0]))
     d_out = jax.jit(functools.partial(models.discriminator.apply, update_sn=False))(
         state.d, real, jnp.asarray(batch["label"][0]))
