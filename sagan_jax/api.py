@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from sagan_jax import checkpointing, images, sampling
+from sagan_jax import checkpointing, images, sampling, xla_flags
 from sagan_jax.errors import ConfigError
 from sagan_jax.state import Models, TrainState, generator_variables, make_models
 
@@ -138,7 +138,7 @@ def standing_batch_stats(generator, variables: dict, batches) -> dict:
 
 @functools.lru_cache(maxsize=8)
 def _standing_pass(generator):
-  @jax.jit
+  @functools.partial(jax.jit, compiler_options=xla_flags.compiler_options(generator.dtype))
   def step(variables, z, y):
     _, updates = generator.apply(variables, z, y, train=True,
                                  mutable=["batch_stats", "spectral"])
@@ -150,7 +150,7 @@ def _standing_pass(generator):
 def _jitted_discriminate(discriminator):
   def apply(variables, x, labels):
     return discriminator.apply(variables, x, labels, update_sn=False)
-  return jax.jit(apply)
+  return jax.jit(apply, compiler_options=xla_flags.compiler_options(discriminator.dtype))
 
 
 def _batched(fn, batch_size: int, x: np.ndarray, labels: np.ndarray,

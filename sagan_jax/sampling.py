@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sagan_jax import exploration, images
+from sagan_jax import exploration, images, xla_flags
 from sagan_jax.models import sagan
 from sagan_jax.state import generator_variables
 
@@ -26,8 +26,9 @@ def generate(generator: sagan.Generator, variables: dict, z: jax.Array,
 
 @functools.lru_cache(maxsize=8)
 def jitted_generate(generator: sagan.Generator):
-  """jit(generate) for one generator, cached."""
-  return jax.jit(functools.partial(generate, generator))
+  """jit(generate) for one generator, cached (float32 on CPU: xla_flags.compiler_options)."""
+  return jax.jit(functools.partial(generate, generator),
+                 compiler_options=xla_flags.compiler_options(generator.dtype))
 
 
 def generate_from_state(config, models, state, labels: np.ndarray, seed: int = 0,

@@ -27,13 +27,17 @@ cost float32 a third of its speed: with YNN's reduce fusion off, XLA hands the
 convolutions to YNNPACK one by one, and those run slower than in the fused
 subgraphs (jaxlib 0.12.1, 2-core Intel Xeon with AMX, float32 train step:
 3.19 s against 1.93 s at 32x32, 9.18 s against 5.90 s at 128x128). A float32
-program is right with the fusion on, so `compiler_options` gives the train step
-(`sagan_jax.train.make_train_step`) per-program XLA options that set the YNN
-fusion list to reductions only (the fastest list measured: XLA's own default
-list, with `+reduce`, gave 2.08 s at 32x32), where the process-wide flag keeps
-bfloat16 programs safe. Not on GPUs/TPUs, not on jaxlib older than
+program is right with the fusion on, so `compiler_options` gives float32 programs
+per-program XLA options that set the YNN fusion list to reductions only (the
+fastest list measured: XLA's own default list, with `+reduce`, gave 2.08 s at
+32x32), where the process-wide flag keeps bfloat16 programs safe. They go to the
+train step (`train.make_train_step`), G in eval mode (`sampling`), the API's D
+scoring and standing statistics (`api`) and the Inception extractor: at
+128x128, sampling ran 1.5x and Inception 1.2-1.3x faster with them (same CPU and
+jaxlib, `benchmarks/eval_speed.py`); G's eval pass at 16x16 and 32x32 ran 6-17%
+slower, a few milliseconds per batch. Not on GPUs/TPUs, not on jaxlib older than
 MIN_JAXLIB, and not when the user named the flag in `XLA_FLAGS`.
-`tests/test_xla_flags.py` checks that the two compiled float32 steps agree.
+`tests/test_xla_flags.py` checks that each program compiled both ways agrees.
 
 No JAX import here: it must run before JAX reads the flags.
 """
@@ -89,15 +93,27 @@ def apply(environ=os.environ) -> None:
     environ["XLA_FLAGS"] = new
 
 
-def compiler_options(dtype, platform: str, environ=os.environ) -> dict | None:
+def compiler_options(dtype, platform: str | None = None, environ=os.environ) -> dict | None:
   """Per-program XLA options (`jax.jit(..., compiler_options=...)`) for a program
-  computing in `dtype` on `platform`: YNN's reduce fusion back on for float32 on
-  CPU where this process runs with the workaround (module docstring); else None."""
-  if platform != "cpu" or str(dtype) != "float32":
+  computing in `dtype` (a name, numpy or JAX dtype) on `platform` (default: JAX's
+  default backend): YNN's reduce fusion back on for float32 on CPU where this
+  process runs with the workaround (module docstring); else None."""
+  if platform is None:
+    import jax  # here, not at the top: the module runs before JAX reads XLA_FLAGS
+    platform = jax.default_backend()
+  if platform != "cpu" or _dtype_name(dtype) != "float32":
     return None
   if YNN_WORKAROUND not in environ.get("XLA_FLAGS", "").split():
     return None  # no workaround here: a jaxlib it is not set for, or the user's own flag
   return dict(FLOAT32_OPTIONS) if _options_accepted() else None
+
+
+def _dtype_name(dtype) -> str:
+  import numpy as np
+  try:
+    return np.dtype(dtype).name
+  except TypeError:  # e.g. "bfloat16" before ml_dtypes is imported
+    return str(dtype)
 
 
 @functools.cache

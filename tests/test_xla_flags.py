@@ -1,12 +1,14 @@
 """The XLA:CPU workaround flags (sagan_jax/xla_flags.py): set once, never over the user's,
-and lifted again for float32 train steps."""
+and lifted again for float32 programs (the train step, sampling, D's scoring, Inception)."""
 
 from __future__ import annotations
 
+import functools
 import os
 
 import jax
 import numpy as np
+import pytest
 
 from sagan_jax import parallel, train, xla_flags
 from sagan_jax import state as state_lib
@@ -114,3 +116,72 @@ def test_float32_train_step_with_the_fusion_equals_the_step_without(monkeypatch)
       own = np.abs(dy).max()
       tol = 1e-4 * own if own > 1e-3 * scale else 1e-5 * scale
       assert np.abs(dx - dy).max() <= tol, (part, dy.shape)
+
+
+def _compiled_text(fn, *args) -> str:
+  return fn.lower(*args).compile().as_text()
+
+
+def test_float32_sampling_with_the_fusion_equals_sampling_without(monkeypatch):
+  """G in eval mode (`sample`, evaluations, the API), D's scoring and the standing
+  statistics: compiled with the options where they apply, the same to rounding."""
+  from sagan_jax import api, sampling
+  config = load_config("tiny")
+  models = state_lib.make_models(config)
+  state = state_lib.create_state(models, config, parallel.make_mesh(1))
+  g_var = state_lib.generator_variables(state, True)
+  z = jax.random.normal(jax.random.PRNGKey(1), (4, config.model.z_dim))
+  y = np.arange(4, dtype=np.int32) % config.model.num_classes
+  gen, disc = models.generator, models.discriminator
+  active = xla_flags.compiler_options("float32") is not None
+
+  fast = {"generate": sampling.jitted_generate(gen),
+          "discriminate": api._jitted_discriminate(disc),
+          "standing": api._standing_pass(gen.clone(bn_momentum=0.0))}
+  args = {"generate": (g_var, z, y), "standing": (g_var, z, y)}
+  args["discriminate"] = (state.d, fast["generate"](*args["generate"]), y)
+  monkeypatch.setattr(xla_flags, "compiler_options", lambda *a, **k: None)
+  plain = {"generate": jax.jit(functools.partial(sampling.generate, gen)),
+           "discriminate": api._jitted_discriminate.__wrapped__(disc),
+           "standing": api._standing_pass.__wrapped__(gen.clone(bn_momentum=0.0))}
+  for name in fast:
+    if active:
+      assert _compiled_text(fast[name], *args[name]) != _compiled_text(plain[name], *args[name])
+    a, b = (jax.device_get(f(*args[name])) for f in (fast[name], plain[name]))
+    for x, y_ in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+      np.testing.assert_allclose(x, y_, rtol=1e-4, atol=1e-5 * max(1.0, np.abs(y_).max()),
+                                 err_msg=name)
+
+
+def test_inception_features_with_the_fusion_equal_those_without(monkeypatch):
+  from sagan_jax.evaluation import inception
+  params = inception.InceptionV3().init(jax.random.PRNGKey(0), np.zeros((1, 75, 75, 3)))
+  images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3)).astype(np.uint8)
+  active = xla_flags.compiler_options("float32") is not None
+  fast = inception.FeatureExtractor(params, False, batch_size=2)
+  monkeypatch.setattr(xla_flags, "compiler_options", lambda *a, **k: None)
+  plain = inception.FeatureExtractor(params, False, batch_size=2)
+  if active:
+    texts = [_compiled_text(ex._fn, ex._params, images) for ex in (fast, plain)]
+    assert texts[0] != texts[1]
+  a, b = fast(images)["pool3"], plain(images)["pool3"]
+  np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(b).max())
+
+
+@pytest.mark.slow
+def test_eval_speed_script_times_both_programs_of_each_kind():
+  """benchmarks/eval_speed.py end to end at the tiny shape: one JSON line (no timing asserted)."""
+  import json
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  run = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "eval_speed.py"),
+                        "--config", "configs/tiny.py", "--set", "--rounds", "1",
+                        "--sample_batch", "2", "--inception_batch", "2"],
+                       cwd=root, capture_output=True, text=True, timeout=600)
+  assert run.returncode == 0, run.stderr[-2000:]
+  out = json.loads(run.stdout.strip().splitlines()[-1])
+  assert out["dtype"] == "float32" and out["generate"]["batch"] == 2
+  assert out["options"] == xla_flags.compiler_options("float32")
+  for part in ("generate", "inception"):
+    assert out[part]["ours_s"] > 0 and out[part]["plain_s"] > 0, out[part]

@@ -34,6 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sagan_jax import xla_flags
+
 INPUT_SIZE = 299
 BN_EPS = 1e-3
 POOL3_DIM = 2048
@@ -415,17 +417,20 @@ class FeatureExtractor:
     def forward(p, images):
       return model.apply(p, preprocess(images, resize_mode=resize_mode))
 
+    # float32 throughout: on CPU, with YNNPACK's reduce fusion (xla_flags.compiler_options)
+    options = xla_flags.compiler_options(
+        "float32", None if mesh is None else mesh.devices.flat[0].platform)
     if mesh is None:
       self._params = jax.device_put(params)
       self._in_sharding = None
-      self._fn = jax.jit(forward)
+      self._fn = jax.jit(forward, compiler_options=options)
     else:
       from jax.sharding import NamedSharding, PartitionSpec as P
       replicated = NamedSharding(mesh, P())
       self._in_sharding = NamedSharding(mesh, P("data"))
       self._params = jax.device_put(params, replicated)
       self._fn = jax.jit(forward, in_shardings=(replicated, self._in_sharding),
-                         out_shardings=self._in_sharding)
+                         out_shardings=self._in_sharding, compiler_options=options)
 
   @property
   def feature_names(self) -> tuple[str, ...]:
