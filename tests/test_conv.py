@@ -122,6 +122,44 @@ def test_fused_resampling_equals_the_literal_form(impl, resample, k):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max(), err_msg=name)
 
 
+# (dy shape, kernel, padding): odd and even kernels, the up-phase and down paddings
+_FLIP_CASES = [((2, 3, 5, 24), (3, 3, 16, 24), ((1, 1), (1, 1))),
+               ((3, 4, 2, 20), (3, 3, 12, 20), ((0, 2), (2, 0))),
+               ((2, 3, 4, 24), (2, 2, 40, 24), ((0, 0), (0, 0))),      # fused down
+               ((2, 4, 3, 24), (2, 2, 32, 24), ((1, 0), (0, 1))),      # an up phase
+               ((1, 2, 2, 8), (3, 1, 32, 8), ((1, 1), (0, 0)))]
+
+
+@pytest.mark.parametrize("dy_shape,w_shape,padding", _FLIP_CASES)
+def test_input_grad_flipping_the_activations_equals_autodiff(dy_shape, w_shape, padding):
+  """`conv.input_grad` where it flips dy and dx instead of the kernel (kernel larger than
+  dy and dx): XLA's autodiff input gradient, for any kernel shape and padding."""
+  assert conv._dx_flips_activations(dy_shape, w_shape)
+  rng = np.random.default_rng(11)
+  kh, kw, c, _ = w_shape
+  (pt, pb), (pl, pr) = padding
+  x_shape = (dy_shape[0], dy_shape[1] + kh - 1 - pt - pb, dy_shape[2] + kw - 1 - pl - pr, c)
+  x = rng.standard_normal(x_shape).astype(np.float32)
+  w = rng.standard_normal(w_shape).astype(np.float32)
+  dy = rng.standard_normal(dy_shape).astype(np.float32)
+  ref = jax.vjp(lambda x_: conv.conv_xla(x_, w, padding), x)[1](dy)[0]
+  got = jax.jit(conv.input_grad, static_argnums=(2, 3))(dy, w, padding, x_shape)
+  assert got.shape == x_shape
+  np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5,
+                             atol=1e-5 * float(np.abs(ref).max()))
+  # and through the layer: an implementation with input_grad against the reference
+  y_ref = _value_and_grads("xla", x, w, dy) if padding == ((1, 1), (1, 1)) else None
+  if y_ref is not None:
+    for a, b in zip(_value_and_grads("xla_dw", x, w, dy), y_ref):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())
+
+
+def test_input_grad_keeps_autodiff_where_the_activations_are_larger():
+  assert not conv._dx_flips_activations((64, 16, 16, 64), (3, 3, 64, 64))
+  assert not conv._dx_flips_activations((16, 4, 4, 1024), (1, 1, 1024, 1024))  # no flip to move
+  assert conv._dx_flips_activations((16, 4, 4, 1024), (3, 3, 1024, 1024))
+
+
 def test_resampling_reference_matches_numpy():
   x, w, _ = _inputs(3, shape=(2, 4, 6, 3), out=4)
   up = np.repeat(np.repeat(x, 2, axis=1), 2, axis=2)
@@ -156,7 +194,7 @@ def test_auto_rule_on_cpu():
   assert r((64, 16, 16, 64), (3, 3, 64, 3)) == "xla"        # RGB output layer
   assert r((128, 16, 16, 3), (3, 3, 3, 64)) == "im2col"     # RGB input layer
   assert r((64, 16, 16, 64), (3, 3, 64, 64)) == "shift"     # 16,384 pixels
-  assert r((2, 8, 8, 64), (3, 3, 64, 64)) == "xla"          # too few pixels to gain
+  assert r((2, 8, 8, 64), (3, 3, 64, 64)) == "xla_dw"       # too few pixels to gain
   for impl in conv.IMPLS:
     assert conv_tune.resolve(impl, (1, 4, 4, 8), (3, 3, 8, 8), np.float32) == impl
 
@@ -213,10 +251,10 @@ def test_tune_inside_a_jitted_trace(tune_cache):
 
 
 def test_tune_uses_the_rule_for_tiny_shapes(tune_cache):
-  assert conv_tune.resolve("tune", (2, 4, 4, 8), (3, 3, 8, 8), np.float32) == "xla"
+  assert conv_tune.resolve("tune", (2, 4, 4, 8), (3, 3, 8, 8), np.float32) == "xla_dw"
   assert not tune_cache.exists()
 
 
 def test_pick_keeps_xla_unless_clearly_beaten():
-  assert conv_tune._pick({"xla": 1.0, "im2col": 0.95, "shift": 0.97}) == "xla"
-  assert conv_tune._pick({"xla": 1.0, "im2col": 0.5, "shift": 0.6}) == "im2col"
+  assert conv_tune._pick({"xla_dw": 1.0, "im2col": 0.95, "shift": 0.97}) == "xla_dw"
+  assert conv_tune._pick({"xla_dw": 1.0, "im2col": 0.5, "shift": 0.6}) == "im2col"

@@ -52,14 +52,20 @@ def power_iteration(w_mat: jax.Array, u: jax.Array, n_iters: int, eps: float):
   Returns (u, v, sigma) with sigma = u^T W v, the estimate of W's largest
   singular value. u and v carry no gradient; sigma does (through W), as in
   Miyato et al. 2018 and torch.nn.utils.spectral_norm.
+
+  The products are written on W^T (for a conv, `as_matrix`'s transpose cancels:
+  the kernel's own [kh*kw*in, out] layout), W^T u as `k @ u` and W v as `v @ k`,
+  so that XLA:CPU multiplies in place instead of writing a transposed copy of
+  each kernel first (~20-30 ms per 1024-channel 3x3 kernel on a 2-core CPU, a
+  few percent of the 128x128 step).
   """
-  w_mat = w_mat.astype(jnp.float32)
+  k = w_mat.astype(jnp.float32).T   # [in, out]
   u = u.astype(jnp.float32)
-  v = _l2_normalize(w_mat.T @ u, eps)
+  v = _l2_normalize(k @ u, eps)
 
   def body(_, uv):
-    u = _l2_normalize(w_mat @ uv[1], eps)
-    return u, _l2_normalize(w_mat.T @ u, eps)
+    u = _l2_normalize(uv[1] @ k, eps)
+    return u, _l2_normalize(k @ u, eps)
 
   if n_iters == 1:
     u, v = body(0, (u, v))
@@ -67,7 +73,7 @@ def power_iteration(w_mat: jax.Array, u: jax.Array, n_iters: int, eps: float):
     u, v = jax.lax.fori_loop(0, n_iters, body, (u, v))
   u = jax.lax.stop_gradient(u)
   v = jax.lax.stop_gradient(v)
-  sigma = u @ (w_mat @ v)
+  sigma = (v @ k) @ u
   return u, v, sigma
 
 
