@@ -119,7 +119,8 @@ def input_grad(dy: jax.Array, w: jax.Array, padding: Padding, x_shape) -> jax.Ar
   pad = ((kh - 1 - pb, kh - 1 - pt), (kw - 1 - pr, kw - 1 - pl))
   # The barrier keeps the transpose a transpose: fused with what computes w (the
   # conv+pool rewrite's [2, 2, 4C, O] kernel), XLA:CPU ran the two as one slow loop
-  # (250 ms for D's 1024-channel one at 128x128; the step 7% slower).
+  # (250 ms for D's 1024-channel one at 128x128; the step 7% slower). jaxlib 0.10.2's
+  # XLA:CPU drops the barrier before fusing, so there the loop stays as it was.
   wt = jnp.swapaxes(jax.lax.optimization_barrier(w), 2, 3)
   return jnp.flip(conv_xla(jnp.flip(dy, (1, 2)), wt, pad), (1, 2))
 

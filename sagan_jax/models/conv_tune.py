@@ -66,8 +66,8 @@ def rule(x_shape, w_shape) -> str:
   gradient is 1.2x (64 channels, 16x16, batch 64) to 3-10x (128 channels,
   32x32 or more) faster than XLA's. Where XLA's weight gradient stays, the
   input gradient is `conv.input_grad`'s ('xla_dw'), not autodiff's: the same
-  program where the kernel is small, 1.1-2.3x faster where it is the larger
-  (2-core Intel Xeon, jaxlib 0.12.1, 1024 channels at 4x4 and 8x8).
+  program where the kernel is small, 1.1-2.5x faster where it is the larger
+  (2-core Intel Xeon, jaxlib 0.12.1, 512-1024 channels at 4x4 and 8x8).
   """
   n, h, w, _ = x_shape
   kh, kw, c, o = w_shape
