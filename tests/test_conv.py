@@ -160,6 +160,26 @@ def test_input_grad_keeps_autodiff_where_the_activations_are_larger():
   assert conv._dx_flips_activations((16, 4, 4, 1024), (3, 3, 1024, 1024))
 
 
+@pytest.mark.parametrize("impl", ["xla_dw", "im2col", "shift"])
+def test_fused_down_with_a_large_kernel_equals_the_literal_form(impl):
+  """Few pixels, many channels: the rewrite's input gradient flips the activations and uses
+  the transposed kernel `_conv_down` builds itself (k2t), not the one input_grad would make."""
+  x, w, _ = _inputs(3, shape=(1, 4, 6, 16), out=24, seed=6)
+  assert conv._dx_flips_activations((1, 2, 3, 24), (2, 2, 64, 24))  # the rewrite's shapes
+
+  def run(fuse, choose):
+    def f(x, w):
+      return conv.resampled_conv(x, w, choose, "down", fuse=fuse)
+    y = f(x, w)
+    dy = np.random.default_rng(7).standard_normal(y.shape).astype(np.float32)
+    return [np.asarray(a, np.float64) for a in (y,) + jax.vjp(f, x, w)[1](dy)]
+
+  ref = run(False, lambda xs, ws: "xla")
+  got = run(True, lambda xs, ws: impl)
+  for name, a, b in zip(("y", "dx", "dw"), got, ref):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max(), err_msg=name)
+
+
 def test_resampling_reference_matches_numpy():
   x, w, _ = _inputs(3, shape=(2, 4, 6, 3), out=4)
   up = np.repeat(np.repeat(x, 2, axis=1), 2, axis=2)

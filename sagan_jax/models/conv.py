@@ -106,22 +106,24 @@ def _dx_flips_activations(dy_shape, w_shape) -> bool:
   return kh * kw > 1 and kh * kw * c * o > n * h * w * (c + o)
 
 
-def input_grad(dy: jax.Array, w: jax.Array, padding: Padding, x_shape) -> jax.Array:
+def input_grad(dy: jax.Array, w: jax.Array, padding: Padding, x_shape,
+               wt: jax.Array | None = None) -> jax.Array:
   """dx [x_shape] of y = conv_xla(x, w, padding), stride 1 (module docstring). Where the
   kernel is the larger: the correlation of dy, padded by k - 1 - p, with the kernel flipped
   and transposed, computed as flip(correlation of flip(dy), padded the other way round,
-  with the kernel transposed). Else XLA's autodiff."""
+  with the kernel transposed: `wt`, w with in and out swapped, if the caller has it)."""
   if not _dx_flips_activations(dy.shape, w.shape):
     x = jnp.zeros(x_shape, dy.dtype)
     return jax.vjp(lambda x_: conv_xla(x_, w, padding), x)[1](dy)[0]
   kh, kw = w.shape[:2]
   (pt, pb), (pl, pr) = padding
   pad = ((kh - 1 - pb, kh - 1 - pt), (kw - 1 - pr, kw - 1 - pl))
-  # The barrier keeps the transpose a transpose: fused with what computes w (the
-  # conv+pool rewrite's [2, 2, 4C, O] kernel), XLA:CPU ran the two as one slow loop
-  # (250 ms for D's 1024-channel one at 128x128; the step 7% slower). jaxlib 0.10.2's
-  # XLA:CPU drops the barrier before fusing, so there the loop stays as it was.
-  wt = jnp.swapaxes(jax.lax.optimization_barrier(w), 2, 3)
+  # The barrier keeps the transpose a transpose: fused with what computes w, XLA:CPU
+  # runs the two as one slow loop (for the conv+pool rewrite's [2, 2, 4C, O] kernel 250
+  # ms at 128x128, the step 7% slower on jaxlib 0.12.1). jaxlib 0.10.2's XLA:CPU drops
+  # the barrier before fusing, so `_conv_down` passes a `wt` of its own.
+  if wt is None:
+    wt = jnp.swapaxes(jax.lax.optimization_barrier(w), 2, 3)
   return jnp.flip(conv_xla(jnp.flip(dy, (1, 2)), wt, pad), (1, 2))
 
 
@@ -180,16 +182,17 @@ def weight_grad(x: jax.Array, dy: jax.Array, w_shape, impl: str,
 def _xla_with_dw(dw_fn):
   """XLA forward, `input_grad`, weight gradient from `dw_fn`."""
 
-  @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-  def conv(x, w, padding):
+  @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+  def conv(x, w, wt, padding):
     return conv_xla(x, w, padding)
 
-  def fwd(x, w, padding):
-    return conv_xla(x, w, padding), (x, w)
+  def fwd(x, w, wt, padding):
+    return conv_xla(x, w, padding), (x, w, wt)
 
   def bwd(padding, res, dy):
-    x, w = res
-    return input_grad(dy, w, padding, x.shape), dw_fn(x, dy, w.shape, padding).astype(w.dtype)
+    x, w, wt = res   # wt: None, or w transposed by the caller (only the backward pass reads it)
+    return (input_grad(dy, w, padding, x.shape, wt),
+            dw_fn(x, dy, w.shape, padding).astype(w.dtype), None)
 
   conv.defvjp(fwd, bwd)
   return conv
@@ -197,19 +200,24 @@ def _xla_with_dw(dw_fn):
 
 _CONVS = {"xla": conv_xla, "xla_dw": _xla_with_dw(_dw_xla), "im2col": _xla_with_dw(_dw_im2col),
           "matmul": conv_matmul, "shift": _xla_with_dw(_dw_shift)}
+_WITH_INPUT_GRAD = ("xla_dw", "im2col", "shift")
 
 
 def conv2d(x: jax.Array, w: jax.Array, impl: str = "xla",
-           padding: Padding | None = None) -> jax.Array:
+           padding: Padding | None = None, wt: jax.Array | None = None) -> jax.Array:
   """Stride-1 convolution of x [N, H, W, C] with w [kh, kw, C, O] by `impl`.
 
   padding: ((top, bottom), (left, right)); default 'SAME' (odd kernels).
+  wt: optionally w with in and out swapped [kh, kw, O, C], for `input_grad` (the value
+  must equal jnp.swapaxes(w, 2, 3); no gradient flows through it).
   """
   if impl not in _CONVS:
     raise ValueError(f"unknown conv implementation {impl!r}; use one of {IMPLS}")
   pad = tuple(map(tuple, padding)) if padding is not None else same_padding(w.shape)
   if impl != "xla" and w.shape[:2] == (1, 1) and pad == ((0, 0), (0, 0)):
     return conv_matmul(x, w, pad)
+  if impl in _WITH_INPUT_GRAD:
+    return _CONVS[impl](x, w, wt, pad)
   return _CONVS[impl](x, w, pad)
 
 
@@ -254,7 +262,15 @@ def _conv_down(x: jax.Array, w: jax.Array, choose: Chooser) -> jax.Array:
   hs, ws = (h + 2) // 2, (wd + 2) // 2
   xs = xp.reshape(n, hs, 2, ws, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, hs, ws, 4 * c)
   k2 = k4.reshape(2, 2, 2, 2, c, o).transpose(0, 2, 1, 3, 4, 5).reshape(2, 2, 4 * c, o)
-  return conv2d(xs, k2, choose(xs.shape, k2.shape), ((0, 0), (0, 0)))
+  # k2 with in and out swapped, for the input gradient, built the same way from w with in
+  # and out swapped: only whole rows of C move (XLA fused swapaxes(k2) with k2's
+  # construction into one slow loop, 250-540 ms for D's 1024-channel kernel at 128x128;
+  # with this, the 128px step on jaxlib 0.10.2 took 6.89 s against 7.10 s, on 0.12.1 the
+  # same as input_grad's own transpose behind a barrier).
+  wtp = jnp.pad(jnp.swapaxes(w, 2, 3), ((1, 1), (1, 1), (0, 0), (0, 0)))
+  k4t = 0.25 * (wtp[1:, 1:] + wtp[:-1, 1:] + wtp[1:, :-1] + wtp[:-1, :-1])  # [4, 4, O, C]
+  k2t = k4t.reshape(2, 2, 2, 2, o, c).transpose(0, 2, 4, 1, 3, 5).reshape(2, 2, o, 4 * c)
+  return conv2d(xs, k2, choose(xs.shape, k2.shape), ((0, 0), (0, 0)), wt=k2t)
 
 
 def resampled_conv(x: jax.Array, w: jax.Array, choose: Chooser, resample: str | None = None,
