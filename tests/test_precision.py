@@ -24,8 +24,6 @@ def _config(dtype: str):
   return load_config("tiny", model__dtype=dtype)
 
 
-
-
 @pytest.fixture(scope="module")
 def setup():
   """Initial states, one train step and forward passes in both modes."""

@@ -73,6 +73,10 @@ def test_compiler_options_fall_back_when_this_jaxlib_refuses_them(monkeypatch):
     xla_flags._options_accepted.cache_clear()
 
 
+def _compiled_text(fn, *args) -> str:
+  return fn.lower(*args).compile().as_text()
+
+
 def test_float32_train_step_with_the_fusion_equals_the_step_without(monkeypatch):
   """The per-program options change the compiled step (where this process runs the
   workaround) and not its result beyond float32 rounding: losses, and the updates of
@@ -93,8 +97,7 @@ def test_float32_train_step_with_the_fusion_equals_the_step_without(monkeypatch)
   plain = train.make_train_step(models, config, mesh)
 
   if active:
-    texts = [f.lower(state, batch, rng).compile().as_text() for f in (fast, plain)]
-    assert texts[0] != texts[1]
+    assert _compiled_text(fast, state, batch, rng) != _compiled_text(plain, state, batch, rng)
 
   out = {}
   for name, fn in (("fast", fast), ("plain", plain)):
@@ -116,10 +119,6 @@ def test_float32_train_step_with_the_fusion_equals_the_step_without(monkeypatch)
       own = np.abs(dy).max()
       tol = 1e-4 * own if own > 1e-3 * scale else 1e-5 * scale
       assert np.abs(dx - dy).max() <= tol, (part, dy.shape)
-
-
-def _compiled_text(fn, *args) -> str:
-  return fn.lower(*args).compile().as_text()
 
 
 def test_float32_sampling_with_the_fusion_equals_sampling_without(monkeypatch):

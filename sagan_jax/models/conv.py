@@ -198,9 +198,11 @@ def _xla_with_dw(dw_fn):
   return conv
 
 
-_CONVS = {"xla": conv_xla, "xla_dw": _xla_with_dw(_dw_xla), "im2col": _xla_with_dw(_dw_im2col),
-          "matmul": conv_matmul, "shift": _xla_with_dw(_dw_shift)}
-_WITH_INPUT_GRAD = ("xla_dw", "im2col", "shift")
+# (x, w, wt, padding) -> y; 'xla' and 'matmul' differentiate themselves and ignore wt.
+_CONVS = {"xla": lambda x, w, wt, padding: conv_xla(x, w, padding),
+          "xla_dw": _xla_with_dw(_dw_xla), "im2col": _xla_with_dw(_dw_im2col),
+          "matmul": lambda x, w, wt, padding: conv_matmul(x, w, padding),
+          "shift": _xla_with_dw(_dw_shift)}
 
 
 def conv2d(x: jax.Array, w: jax.Array, impl: str = "xla",
@@ -216,9 +218,7 @@ def conv2d(x: jax.Array, w: jax.Array, impl: str = "xla",
   pad = tuple(map(tuple, padding)) if padding is not None else same_padding(w.shape)
   if impl != "xla" and w.shape[:2] == (1, 1) and pad == ((0, 0), (0, 0)):
     return conv_matmul(x, w, pad)
-  if impl in _WITH_INPUT_GRAD:
-    return _CONVS[impl](x, w, wt, pad)
-  return _CONVS[impl](x, w, pad)
+  return _CONVS[impl](x, w, wt, pad)
 
 
 def upsample2(x: jax.Array) -> jax.Array:
