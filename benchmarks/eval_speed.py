@@ -4,11 +4,12 @@ sagan_jax compiles it and, beside it, as a plain `jax.jit` without per-program X
 
   python benchmarks/eval_speed.py                                   # 128px peer shape
   python benchmarks/eval_speed.py --set model.resolution=32 model.ch=32 model.g_attention=16 \
-      model.d_attention=16
+      model.d_attention=16 model.dtype=float32 model.sn_eps=1e-8   # (--set replaces the defaults)
 
-On a CPU with jaxlib >= 0.11, sagan_jax's process-wide XLA flag (sagan_jax/xla_flags.py)
-turns YNNPACK's reduce fusion off for the sake of bfloat16; float32 programs get it
-back through `xla_flags.compiler_options`. This script measures what that is worth
+On a CPU, float32 programs compile with per-program XLA options that set YNNPACK's
+fusions to reductions only (`xla_flags.compiler_options`: on jaxlib >= 0.11 that gives
+back the reduce fusion the process-wide bfloat16 workaround turns off; on jaxlib 0.10
+it keeps the convolutions out of YNNPACK's slower fusions). This script measures what that is worth
 outside the train step (where `train_speed.py` measures it): the two variants of each
 program are compiled in one process and run in turn, --rounds times; the JSON line gives
 each variant's median seconds per batch, images/s and the ratio plain / ours. Weights

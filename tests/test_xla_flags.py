@@ -50,16 +50,19 @@ def test_this_process_runs_with_the_workaround():
     assert xla_flags.YNN_FLAG in os.environ["XLA_FLAGS"]
 
 
-def test_compiler_options_only_for_float32_on_cpu_under_the_workaround():
+def test_compiler_options_only_for_float32_on_cpu_unless_the_user_set_the_flag():
   ours = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2 " + xla_flags.YNN_WORKAROUND}
-  assert xla_flags.compiler_options("float32", "cpu", ours) == xla_flags.FLOAT32_OPTIONS
-  assert xla_flags.compiler_options("bfloat16", "cpu", ours) is None  # the NaN case
-  assert xla_flags.compiler_options("float32", "gpu", ours) is None
-  assert xla_flags.compiler_options("float32", "tpu", ours) is None
-  # no workaround in this process (older jaxlib), or a YNN flag of the user's own
-  assert xla_flags.compiler_options("float32", "cpu", {}) is None
-  users = {"XLA_FLAGS": xla_flags.YNN_FLAG + "=+reduce"}
-  assert xla_flags.compiler_options("float32", "cpu", users) is None
+  older = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}  # jaxlib 0.10: no workaround
+  for env in (ours, older, {}):
+    assert xla_flags.compiler_options("float32", "cpu", env) == xla_flags.FLOAT32_OPTIONS
+    assert xla_flags.compiler_options("bfloat16", "cpu", env) is None  # the NaN case
+    assert xla_flags.compiler_options("float32", "gpu", env) is None
+    assert xla_flags.compiler_options("float32", "tpu", env) is None
+  # a YNN flag of the user's own holds for every program
+  for users in (xla_flags.YNN_FLAG + "=+reduce", "--x " + xla_flags.YNN_FLAG + "=-reduce,-dot"):
+    assert xla_flags.users_own_flag(users)
+    assert xla_flags.compiler_options("float32", "cpu", {"XLA_FLAGS": users}) is None
+  assert not xla_flags.users_own_flag(ours["XLA_FLAGS"])
 
 
 def test_compiler_options_fall_back_when_this_jaxlib_refuses_them(monkeypatch):
