@@ -27,7 +27,13 @@ implementations, device counts, any override): all are compiled in one
 process, then one step of each in turn, --steps rounds; each JSON line gives
 the median and its ratio to the first variant. --devices splits the CPU into
 that many XLA devices (a 1-device mesh then uses one of them: the same
-threads as a 1-device process).
+threads as a 1-device process). A variant containing `xla_options=none` compiles
+its step without sagan_jax's per-program XLA options (`xla_flags.compiler_options`,
+float32 on CPU), to time what they are worth:
+
+  python benchmarks/train_speed.py --configs configs/imagenet128.py --steps 3 --warmup 0 \
+      --set model.resolution=128 model.ch=64 model.g_attention=64 model.d_attention=64 \
+      batch_size=8 model.dtype=float32 model.sn_eps=1e-8 --compare '' 'xla_options=none'
 """
 
 from __future__ import annotations
@@ -144,22 +150,35 @@ def bench_config(path: str, overrides: list[str], steps: int, warmup: int) -> di
           "achieved_gflops": round(flops / s / 1e9, 1)}
 
 
+NO_XLA_OPTIONS = "xla_options=none"   # a --compare word: the step without per-program options
+
+
 def compare(path: str, overrides: list[str], variants: list[str], devices: list[int],
             rounds: int, warmup: int) -> list[dict]:
   """Side by side in one process: every (variant, device count) pair is compiled, then
   one step of each is timed in turn, `rounds` times (A B C A B C ...), so that a machine
   whose speed drifts (other jobs) moves all alike; ratios are to the first pair."""
   import jax
+  from sagan_jax import xla_flags
   runs = []
   for variant in variants:
+    words = variant.split()
+    plain = NO_XLA_OPTIONS in words
     for d in devices:
-      extra = variant.split() + [f"mesh.num_devices={d}"]
-      config, mesh, _, state, step_fn, rng, batch = setup(path, overrides + extra)
+      extra = [w for w in words if w != NO_XLA_OPTIONS] + [f"mesh.num_devices={d}"]
+      ours = xla_flags.compiler_options
+      if plain:  # make_train_step reads the options when it is called, in setup
+        xla_flags.compiler_options = lambda *a, **k: None
+      try:
+        config, mesh, _, state, step_fn, rng, batch = setup(path, overrides + extra)
+      finally:
+        xla_flags.compiler_options = ours
       t = time.perf_counter()
       for _ in range(1 + warmup):  # the first call compiles
         state, metrics = step_fn(state, batch(), rng)
       jax.block_until_ready(metrics)
       runs.append({"variant": variant, "devices": d, "batch_size": config.batch_size,
+                   "xla_options": None if plain else xla_flags.compiler_options(config.model.dtype),
                    "first_steps_s": round(time.perf_counter() - t, 2), "times": [],
                    "fn": step_fn, "state": state, "rng": rng, "batch": batch})
   for _ in range(rounds):
@@ -175,6 +194,7 @@ def compare(path: str, overrides: list[str], variants: list[str], devices: list[
     med = statistics.median(r["times"])
     out.append({"config": os.path.basename(path), "overrides": overrides,
                 "variant": r["variant"], "devices": r["devices"], "rounds": rounds,
+                "xla_options": r["xla_options"],
                 "sec_per_iteration": round(med, 4),
                 "sec_per_iteration_min": round(min(r["times"]), 4),
                 "images_per_sec": round(r["batch_size"] / med, 2),
@@ -194,7 +214,9 @@ def main():
   ap.add_argument("--compare", nargs="*", default=None, metavar="'FIELD=VALUE ...'",
                   help="variants timed side by side, interleaved, in one process (each a quoted "
                        "list of overrides, '' for the config as is), e.g. "
-                       "'model.conv_impl=xla' 'model.conv_impl=auto'")
+                       "'model.conv_impl=xla' 'model.conv_impl=auto'; the word "
+                       f"{NO_XLA_OPTIONS} compiles that variant's step without sagan_jax's "
+                       "per-program XLA options")
   ap.add_argument("--devices", type=int, nargs="*", default=None,
                   help="with --compare: CPU device counts to time each variant on, e.g. 1 2; "
                        "without: the CPU device count for every run (default: as `main` "

@@ -187,3 +187,26 @@ def test_eval_speed_script_times_both_programs_of_each_kind():
   assert out["options"] == xla_flags.compiler_options("float32")
   for part in ("generate", "inception"):
     assert out[part]["ours_s"] > 0 and out[part]["plain_s"] > 0, out[part]
+
+
+def test_train_speed_compare_times_a_step_without_the_options(monkeypatch):
+  """`train_speed.py --compare '' 'xla_options=none'`: the second variant's step is built
+  while compiler_options gives None, the first with ours; the module is restored after."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  monkeypatch.syspath_prepend(os.path.join(root, "benchmarks"))
+  import train_speed
+  seen = []
+  real_make = train.make_train_step
+
+  def recording_make(models, config, mesh):
+    seen.append(xla_flags.compiler_options(config.model.dtype, "cpu"))
+    return real_make(models, config, mesh)
+
+  monkeypatch.setattr(train, "make_train_step", recording_make)
+  ours = xla_flags.compiler_options
+  out = train_speed.compare(os.path.join(root, "configs", "tiny.py"), [],
+                            ["", train_speed.NO_XLA_OPTIONS], [0], rounds=1, warmup=0)
+  assert xla_flags.compiler_options is ours
+  assert seen == [ours("float32", "cpu"), None]
+  assert [r["xla_options"] for r in out] == [ours("float32"), None]
+  assert [r["variant"] for r in out] == ["", train_speed.NO_XLA_OPTIONS]
