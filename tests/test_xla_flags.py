@@ -55,7 +55,7 @@ def test_compiler_options_only_for_float32_on_cpu_unless_the_user_set_the_flag()
   older = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}  # jaxlib 0.10: no workaround
   for env in (ours, older, {}):
     assert xla_flags.compiler_options("float32", "cpu", env) == xla_flags.FLOAT32_OPTIONS
-    assert xla_flags.compiler_options("bfloat16", "cpu", env) is None  # the NaN case
+    assert xla_flags.compiler_options("bfloat16", "cpu", env) is None  # NaN on jaxlib >= 0.11
     assert xla_flags.compiler_options("float32", "gpu", env) is None
     assert xla_flags.compiler_options("float32", "tpu", env) is None
   # a YNN flag of the user's own holds for every program

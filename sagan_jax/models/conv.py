@@ -252,12 +252,17 @@ def _conv_up(x: jax.Array, w: jax.Array, choose: Chooser) -> jax.Array:
   return y.reshape(n, 2 * h, 2 * wd, w.shape[-1])
 
 
+def _pooled_kernel(w: jax.Array) -> jax.Array:
+  """The 4x4 kernel of avg_pool2(conv3x3(.)) from the 3x3 kernel w [3, 3, A, B]: [4, 4, A, B]."""
+  wp = jnp.pad(w, ((1, 1), (1, 1), (0, 0), (0, 0)))
+  return 0.25 * (wp[1:, 1:] + wp[:-1, 1:] + wp[1:, :-1] + wp[:-1, :-1])
+
+
 def _conv_down(x: jax.Array, w: jax.Array, choose: Chooser) -> jax.Array:
   """avg_pool2(conv3x3_same(x)) as a 2x2 conv of the space-to-depth padded input."""
   n, h, wd, c = x.shape
   o = w.shape[-1]
-  wp = jnp.pad(w, ((1, 1), (1, 1), (0, 0), (0, 0)))
-  k4 = 0.25 * (wp[1:, 1:] + wp[:-1, 1:] + wp[1:, :-1] + wp[:-1, :-1])  # [4, 4, C, O]
+  k4 = _pooled_kernel(w)                                                # [4, 4, C, O]
   xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
   hs, ws = (h + 2) // 2, (wd + 2) // 2
   xs = xp.reshape(n, hs, 2, ws, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, hs, ws, 4 * c)
@@ -267,8 +272,7 @@ def _conv_down(x: jax.Array, w: jax.Array, choose: Chooser) -> jax.Array:
   # construction into one slow loop, 250-540 ms for D's 1024-channel kernel at 128x128;
   # with this, the 128px step on jaxlib 0.10.2 took 6.89 s against 7.10 s, on 0.12.1 the
   # same as input_grad's own transpose behind a barrier).
-  wtp = jnp.pad(jnp.swapaxes(w, 2, 3), ((1, 1), (1, 1), (0, 0), (0, 0)))
-  k4t = 0.25 * (wtp[1:, 1:] + wtp[:-1, 1:] + wtp[1:, :-1] + wtp[:-1, :-1])  # [4, 4, O, C]
+  k4t = _pooled_kernel(jnp.swapaxes(w, 2, 3))                           # [4, 4, O, C]
   k2t = k4t.reshape(2, 2, 2, 2, o, c).transpose(0, 2, 4, 1, 3, 5).reshape(2, 2, o, 4 * c)
   return conv2d(xs, k2, choose(xs.shape, k2.shape), ((0, 0), (0, 0)), wt=k2t)
 
