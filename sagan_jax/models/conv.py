@@ -253,9 +253,12 @@ def _conv_up(x: jax.Array, w: jax.Array, choose: Chooser) -> jax.Array:
 
 
 def _pooled_kernel(w: jax.Array) -> jax.Array:
-  """The 4x4 kernel of avg_pool2(conv3x3(.)) from the 3x3 kernel w [3, 3, A, B]: [4, 4, A, B]."""
-  wp = jnp.pad(w, ((1, 1), (1, 1), (0, 0), (0, 0)))
-  return 0.25 * (wp[1:, 1:] + wp[:-1, 1:] + wp[1:, :-1] + wp[:-1, :-1])
+  """The 4x4 kernel of avg_pool2(conv3x3(.)) from the 3x3 kernel w [3, 3, A, B]: [4, 4, A, B],
+  w (*) box/4 written as the sum of w padded four ways: autodiff's transpose of a pad is a
+  slice, so dw is four slices of dk summed in one pass."""
+  def shifted(i, j):
+    return jnp.pad(w, ((i, 1 - i), (j, 1 - j), (0, 0), (0, 0)))
+  return 0.25 * (shifted(0, 0) + shifted(1, 0) + shifted(0, 1) + shifted(1, 1))
 
 
 def _conv_down(x: jax.Array, w: jax.Array, choose: Chooser) -> jax.Array:
