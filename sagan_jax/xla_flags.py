@@ -92,6 +92,12 @@ def _jaxlib_version() -> str | None:
     return None
 
 
+def jaxlib_before(version: tuple[int, ...]) -> bool:
+  """Whether the installed jaxlib is older than `version` (False when none is installed)."""
+  installed = _jaxlib_version()
+  return installed is not None and _version_tuple(installed) < version
+
+
 def apply(environ=os.environ) -> None:
   """Sets the workaround in `environ['XLA_FLAGS']` (see the module docstring)."""
   flags = environ.get("XLA_FLAGS", "")

@@ -235,19 +235,41 @@ def test_attention_auto_is_einsum_on_cpu_and_unknown_impl_refused():
     attention.attend(jnp.ones((1, 4, 2)), jnp.ones((1, 1, 2)), jnp.ones((1, 1, 4)), "flash")
 
 
-def test_attention_in_query_chunks_equals_all_at_once_in_values_and_gradients():
+@pytest.mark.parametrize("backward", attention.BACKWARDS)
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_attention_in_query_chunks_equals_all_at_once_in_values_and_gradients(backward, dtype):
+  """Both backward passes of the chunked attention (autodiff of the recomputed chunk, and the
+  written one with its rowsum(do * o) identity) against one chunk of plain einsums, whose
+  gradients are autodiff's of the softmax as written; in bfloat16 against float32."""
   rng = np.random.default_rng(4)
-  theta, phi, g = (jnp.asarray(rng.standard_normal(s), jnp.float32)
+  theta, phi, g = (jnp.asarray(rng.standard_normal(s) * 1.5, jnp.float32)
                    for s in ((2, 64, 4), (2, 16, 4), (2, 16, 8)))
 
-  def loss(args, rows):
-    return jnp.sum(jnp.sin(attention.attend_in_chunks(*args, rows=rows)))
+  def loss(args, rows, backward):
+    o = attention.attend_in_chunks(*args, rows=rows, backward=backward)
+    return jnp.sum(jnp.sin(o.astype(jnp.float32)))
 
-  grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)
-  ref = grad((theta, phi, g), 64)    # one chunk: the plain einsums
-  got = grad((theta, phi, g), 16)    # four chunks in a loop
+  grad = jax.jit(jax.value_and_grad(loss), static_argnums=(1, 2))
+  ref = grad((theta, phi, g), 64, backward)    # one chunk: the plain einsums
+  args = jax.tree.map(lambda a: a.astype(dtype), (theta, phi, g))
+  got = grad(args, 16, backward)               # four chunks in a loop
+  tol = 1e-5 if dtype == jnp.float32 else 0.05
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+    assert a.dtype == (jnp.float32 if a.ndim == 0 else dtype)
+    b = np.asarray(b, np.float64)
+    np.testing.assert_allclose(np.asarray(a, np.float64), b, rtol=tol,
+                               atol=tol * np.abs(b).max())
+
+
+def test_attention_chunk_backward_follows_jaxlib(monkeypatch):
+  from sagan_jax import xla_flags
+  for version, want in (("0.10.2", "written"), ("0.11.2", "autodiff"), ("0.12.1", "autodiff"),
+                        (None, "autodiff")):
+    monkeypatch.setattr(xla_flags, "_jaxlib_version", lambda v=version: v)
+    assert attention.chunk_backward() == want
+  with pytest.raises(ValueError, match="unknown backward"):
+    attention.attend_in_chunks(jnp.ones((1, 4, 2)), jnp.ones((1, 4, 2)), jnp.ones((1, 4, 2)),
+                               backward="flash")
 
 
 def test_loops_unrolled_gives_the_same_values_and_counts_every_piece():
@@ -274,6 +296,27 @@ def test_loops_unrolled_gives_the_same_values_and_counts_every_piece():
   cost = fresh().lower(x, w).cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   assert cost["flops"] < 2 * one_matmul   # the looped program: one body's worth
+
+
+def test_loops_map_takes_and_returns_pytrees_both_ways():
+  from sagan_jax.models import loops
+  xs = (jnp.arange(12.0).reshape(3, 4), jnp.arange(3.0))
+
+  def f(args):
+    row, k = args
+    return row * k, jnp.sum(row)
+
+  def fresh():
+    return jax.jit(lambda xs: loops.map(f, xs))
+
+  looped = fresh()(xs)
+  with loops.unrolled():
+    unrolled = fresh()(xs)
+  want = (np.arange(12.0).reshape(3, 4) * np.arange(3.0)[:, None],
+          np.arange(12.0).reshape(3, 4).sum(1))
+  for got in (looped, unrolled):
+    for a, b in zip(got, want):
+      np.testing.assert_allclose(np.asarray(a), b)
 
 
 def test_counted_flops_falls_back_to_the_compiled_program():

@@ -16,6 +16,25 @@ of the paper's 'feat64' placement goes.
   cudnn   jax.nn.dot_product_attention's cuDNN flash kernel (NVIDIA GPUs,
           bfloat16/float16 inputs)
   auto    'cudnn' on a GPU in bfloat16/float16, else 'einsum'
+
+`attend_in_chunks` has two backward passes (the same gradients within float32
+rounding), chosen by jaxlib, because XLA:CPU compiles them so differently:
+
+  autodiff  each chunk under `jax.checkpoint`: its logits, softmax and both row
+            reductions recomputed, then autodiff's softmax backward (another row
+            reduction over the M keys). jaxlib >= 0.11 hands each of those pieces,
+            matmuls and reductions together, to YNNPACK as one fused subgraph,
+            and this is the faster one there.
+  written   the forward keeps each row's max m and 1/sum r ([B, N] each); the
+            backward recomputes exp(logits - m) and uses the flash-attention
+            identity rowsum(dp * p) = rowsum(do * o) (Cv wide, not M wide): no
+            reduction over the keys. jaxlib 0.10.2's fusions of the first run slowly.
+
+Measured (2-core Intel Xeon, family 6 model 167, float32, value and all gradients of
+D's attention at the 128px benchmark shape, [16, 4096] queries, 1024 keys, 8/32
+channels; best of 5, both compiled with `xla_flags.compiler_options`): jaxlib 0.10.2
+587 ms autodiff, 389-395 ms written; jaxlib 0.12.1 383-390 ms autodiff, 457-469 ms
+written. G's (batch 8, 16/64 channels): 0.10.2 382 -> 304 ms; 0.12.1 222 -> 254 ms.
 """
 
 from __future__ import annotations
@@ -23,10 +42,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from sagan_jax import xla_flags
 from sagan_jax.models import loops
 
 IMPLS = ("auto", "einsum", "xla", "cudnn")
 QUERY_CHUNK = 1024   # 'einsum': queries per chunk (a 64x64 map's 4096 in 4)
+BACKWARDS = ("autodiff", "written")   # attend_in_chunks's (module docstring)
+WRITTEN_BACKWARD_BEFORE_JAXLIB = (0, 11, 0)   # the written one on older jaxlibs
 
 
 def resolve(impl: str, dtype) -> str:
@@ -47,18 +69,84 @@ def _attend_einsum(theta: jax.Array, phi: jax.Array, g: jax.Array) -> jax.Array:
   return jnp.einsum("bnm,bmc->bnc", attention_map(theta, phi).astype(g.dtype), g)
 
 
+def _chunk_logits(t: jax.Array, phi: jax.Array) -> jax.Array:
+  return jnp.einsum("bnc,bmc->bnm", t.astype(jnp.float32), phi.astype(jnp.float32))
+
+
+def _chunk_forward(t: jax.Array, phi: jax.Array, g: jax.Array):
+  """One chunk of queries t [B, rows, d]: o [B, rows, Cv], the logits' row max m and r = 1 /
+  the row sum of exp(logits - m) ([B, rows, 1] each). o = (exp(logits - m) g) r: the
+  softmax's normalisation applied to the Cv-wide result instead of the M-wide weights."""
+  s = _chunk_logits(t, phi)
+  m = jnp.max(s, axis=-1, keepdims=True)
+  e = jnp.exp(s - m)
+  r = 1.0 / jnp.sum(e, axis=-1, keepdims=True)
+  o = jnp.einsum("bnm,bmc->bnc", e.astype(g.dtype), g, preferred_element_type=jnp.float32)
+  return (o * r).astype(g.dtype), m, r
+
+
+@jax.custom_vjp
+def _chunks_written(chunks: jax.Array, phi: jax.Array, g: jax.Array) -> jax.Array:
+  """o [K, B, rows, Cv] of K query chunks [K, B, rows, d], one at a time; gradients by
+  `_chunks_written_bwd`."""
+  return loops.map(lambda t: _chunk_forward(t, phi, g), chunks)[0]
+
+
+def _chunks_written_fwd(chunks, phi, g):
+  o, m, r = loops.map(lambda t: _chunk_forward(t, phi, g), chunks)
+  return o, (chunks, phi, g, o, m, r)
+
+
+def _chunks_written_bwd(res, do):
+  """Chunk by chunk, with p = exp(logits - m) r and dp = do g^T: dg = p^T do, and the
+  logits' gradient ds = p (dp - delta), delta = rowsum(dp p) = rowsum(do o); r is folded
+  into do ([B, rows, Cv]) rather than applied to the [B, rows, M] weights."""
+  chunks, phi, g, o, m, r = res
+  f32 = jnp.float32
+  delta = jnp.sum(do.astype(f32) * o.astype(f32), axis=-1, keepdims=True)
+
+  def chunk(args):
+    t, do_c, m_c, r_c, delta_c = args
+    e = jnp.exp(_chunk_logits(t, phi) - m_c)                  # p = e r
+    do_r = (do_c.astype(f32) * r_c).astype(g.dtype)
+    dg = jnp.einsum("bnm,bnc->bmc", e.astype(g.dtype), do_r, preferred_element_type=f32)
+    dp_r = jnp.einsum("bnc,bmc->bnm", do_r, g, preferred_element_type=f32)   # dp r
+    ds = e * (dp_r - delta_c * r_c)
+    dt = jnp.einsum("bnm,bmc->bnc", ds, phi.astype(f32))
+    dphi = jnp.einsum("bnm,bnc->bmc", ds, t.astype(f32))
+    return dt.astype(t.dtype), dphi, dg
+
+  dt, dphi, dg = loops.map(chunk, (chunks, do, m, r, delta))
+  return dt, dphi.sum(0).astype(phi.dtype), dg.sum(0).astype(g.dtype)
+
+
+_chunks_written.defvjp(_chunks_written_fwd, _chunks_written_bwd)
+
+
+def chunk_backward() -> str:
+  """The backward pass `attend_in_chunks` uses with this jaxlib (module docstring)."""
+  return "written" if xla_flags.jaxlib_before(WRITTEN_BACKWARD_BEFORE_JAXLIB) else "autodiff"
+
+
 def attend_in_chunks(theta: jax.Array, phi: jax.Array, g: jax.Array,
-                     rows: int = QUERY_CHUNK) -> jax.Array:
+                     rows: int = QUERY_CHUNK, backward: str | None = None) -> jax.Array:
   """'einsum' for `rows` queries at a time (each softmax row is the same sum), each chunk's
   logits and softmax recomputed in the backward pass instead of kept: [B, rows, M] of them
   live instead of [B, N, M] about three times over (the logits, the exponentials, the
   softmax: 0.8 GB in a 128px batch-8 D step). A loop, because XLA on CPU merges a
-  `jax.checkpoint`'s recomputation with the forward pass again outside one."""
+  `jax.checkpoint`'s recomputation with the forward pass again outside one.
+  backward: one of BACKWARDS (module docstring); default `chunk_backward()`."""
+  backward = backward or chunk_backward()
+  if backward not in BACKWARDS:
+    raise ValueError(f"unknown backward {backward!r}; use one of {BACKWARDS}")
   b, n, d = theta.shape
   if n <= rows or n % rows:
     return _attend_einsum(theta, phi, g)
   chunks = theta.reshape(b, n // rows, rows, d).swapaxes(0, 1)   # [N / rows, B, rows, d]
-  o = loops.map(jax.checkpoint(lambda t: _attend_einsum(t, phi, g)), chunks)
+  if backward == "written":
+    o = _chunks_written(chunks, phi, g)
+  else:
+    o = loops.map(jax.checkpoint(lambda t: _attend_einsum(t, phi, g)), chunks)
   return o.swapaxes(0, 1).reshape(b, n, g.shape[-1])
 
 

@@ -30,8 +30,11 @@ def unrolled():
     _unrolled = before
 
 
-def map(f, xs: jax.Array) -> jax.Array:  # noqa: A001 (jax.lax.map's name)
-  """jax.lax.map(f, xs); a Python loop over xs's leading axis inside `unrolled()`."""
+def map(f, xs):  # noqa: A001 (jax.lax.map's name)
+  """jax.lax.map(f, xs) (xs and f's result: arrays or pytrees of them); a Python loop over
+  the leading axis inside `unrolled()`."""
   if _unrolled:
-    return jnp.stack([f(xs[i]) for i in range(xs.shape[0])])
+    n = jax.tree.leaves(xs)[0].shape[0]
+    outs = [f(jax.tree.map(lambda a, i=i: a[i], xs)) for i in range(n)]
+    return jax.tree.map(lambda *a: jnp.stack(a), *outs)
   return jax.lax.map(f, xs)
