@@ -59,25 +59,25 @@ def resolve(impl: str, dtype) -> str:
   return "cudnn" if half and jax.default_backend() == "gpu" else "einsum"
 
 
+def _logits(theta: jax.Array, phi: jax.Array) -> jax.Array:
+  """theta [B, N, d] . phi [B, M, d] -> [B, N, M], in float32."""
+  return jnp.einsum("bnc,bmc->bnm", theta.astype(jnp.float32), phi.astype(jnp.float32))
+
+
 def attention_map(theta: jax.Array, phi: jax.Array) -> jax.Array:
   """beta [B, N, M] = softmax over the M keys of theta [B, N, d] . phi [B, M, d], in float32."""
-  logits = jnp.einsum("bnc,bmc->bnm", theta.astype(jnp.float32), phi.astype(jnp.float32))
-  return jax.nn.softmax(logits, axis=-1)
+  return jax.nn.softmax(_logits(theta, phi), axis=-1)
 
 
 def _attend_einsum(theta: jax.Array, phi: jax.Array, g: jax.Array) -> jax.Array:
   return jnp.einsum("bnm,bmc->bnc", attention_map(theta, phi).astype(g.dtype), g)
 
 
-def _chunk_logits(t: jax.Array, phi: jax.Array) -> jax.Array:
-  return jnp.einsum("bnc,bmc->bnm", t.astype(jnp.float32), phi.astype(jnp.float32))
-
-
 def _chunk_forward(t: jax.Array, phi: jax.Array, g: jax.Array):
   """One chunk of queries t [B, rows, d]: o [B, rows, Cv], the logits' row max m and r = 1 /
   the row sum of exp(logits - m) ([B, rows, 1] each). o = (exp(logits - m) g) r: the
   softmax's normalisation applied to the Cv-wide result instead of the M-wide weights."""
-  s = _chunk_logits(t, phi)
+  s = _logits(t, phi)
   m = jnp.max(s, axis=-1, keepdims=True)
   e = jnp.exp(s - m)
   r = 1.0 / jnp.sum(e, axis=-1, keepdims=True)
@@ -89,7 +89,7 @@ def _chunk_forward(t: jax.Array, phi: jax.Array, g: jax.Array):
 def _chunks_written(chunks: jax.Array, phi: jax.Array, g: jax.Array) -> jax.Array:
   """o [K, B, rows, Cv] of K query chunks [K, B, rows, d], one at a time; gradients by
   `_chunks_written_bwd`."""
-  return loops.map(lambda t: _chunk_forward(t, phi, g), chunks)[0]
+  return _chunks_written_fwd(chunks, phi, g)[0]
 
 
 def _chunks_written_fwd(chunks, phi, g):
@@ -107,7 +107,7 @@ def _chunks_written_bwd(res, do):
 
   def chunk(args):
     t, do_c, m_c, r_c, delta_c = args
-    e = jnp.exp(_chunk_logits(t, phi) - m_c)                  # p = e r
+    e = jnp.exp(_logits(t, phi) - m_c)                  # p = e r
     do_r = (do_c.astype(f32) * r_c).astype(g.dtype)
     dg = jnp.einsum("bnm,bnc->bmc", e.astype(g.dtype), do_r, preferred_element_type=f32)
     dp_r = jnp.einsum("bnc,bmc->bnm", do_r, g, preferred_element_type=f32)   # dp r
