@@ -46,7 +46,7 @@ def test_xla_reference_matches_numpy(k):
                              rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("impl", ["im2col", "matmul", "shift"])
+@pytest.mark.parametrize("impl", ["im2col", "matmul", "shift", "taps"])
 @pytest.mark.parametrize("k", [1, 3])
 def test_impl_matches_lax_conv_values_and_gradients(impl, k):
   # Odd sizes everywhere: batch 3, 5x7 maps, 6 -> 5 channels.
@@ -57,7 +57,7 @@ def test_impl_matches_lax_conv_values_and_gradients(impl, k):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max(), err_msg=name)
 
 
-@pytest.mark.parametrize("impl", ["im2col", "matmul", "shift"])
+@pytest.mark.parametrize("impl", ["im2col", "matmul", "shift", "taps"])
 def test_impl_matches_lax_conv_in_bfloat16(impl):
   x, w, dy = _inputs(3, jnp.bfloat16, shape=(2, 6, 6, 16), out=8, seed=1)
   ref = _value_and_grads("xla", x, w, dy)
@@ -154,6 +154,40 @@ def test_input_grad_flipping_the_activations_equals_autodiff(dy_shape, w_shape, 
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())
 
 
+# (x shape, kernel, padding) with a narrow x: D's RGB input layer, odd and even kernels
+_NARROW_CASES = [((2, 6, 5, 3), (3, 3, 3, 16), ((1, 1), (1, 1))),
+                 ((3, 5, 4, 1), (3, 3, 1, 9), ((0, 2), (2, 0))),
+                 ((2, 6, 6, 7), (2, 2, 7, 12), ((0, 0), (0, 0))),
+                 ((1, 4, 5, 3), (3, 1, 3, 10), ((1, 1), (0, 0)))]
+
+
+@pytest.mark.parametrize("x_shape,w_shape,padding", _NARROW_CASES)
+def test_input_grad_of_a_narrow_input_equals_autodiff(x_shape, w_shape, padding):
+  """`conv.input_grad` where x has fewer than conv.NARROW channels ('taps' of dy with the
+  flipped, transposed kernel): XLA's autodiff input gradient, and numpy's."""
+  rng = np.random.default_rng(12)
+  kh, kw = w_shape[:2]
+  (pt, pb), (pl, pr) = padding
+  dy_shape = (x_shape[0], x_shape[1] + pt + pb - kh + 1, x_shape[2] + pl + pr - kw + 1,
+              w_shape[-1])
+  x = rng.standard_normal(x_shape).astype(np.float32)
+  w = rng.standard_normal(w_shape).astype(np.float32)
+  dy = rng.standard_normal(dy_shape).astype(np.float32)
+  ref = jax.vjp(lambda x_: conv.conv_xla(x_, w, padding), x)[1](dy)[0]
+  got = jax.jit(conv.input_grad, static_argnums=(2, 3))(dy, w, padding, x_shape)
+  jaxpr = str(jax.make_jaxpr(conv.input_grad, static_argnums=(2, 3))(dy, w, padding, x_shape))
+  assert "conv_general_dilated" not in jaxpr and "dot_general" in jaxpr  # the matmul path
+  # numpy: dx[n, r + i - pt, s + j - pl, c] += dy[n, r, s, :] . w[i, j, c, :]
+  ref_np = np.zeros((x_shape[0], x_shape[1] + pt + pb, x_shape[2] + pl + pr, x_shape[3]))
+  for i in range(kh):
+    for j in range(kw):
+      ref_np[:, i:i + dy_shape[1], j:j + dy_shape[2]] += dy.astype(np.float64) @ w[i, j].T
+  ref_np = ref_np[:, pt:pt + x_shape[1], pl:pl + x_shape[2]]
+  for r in (ref, ref_np):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(r), rtol=1e-5,
+                               atol=1e-5 * float(np.abs(r).max()))
+
+
 def test_input_grad_keeps_autodiff_where_the_activations_are_larger():
   assert not conv._dx_flips_activations((64, 16, 16, 64), (3, 3, 64, 64))
   assert not conv._dx_flips_activations((16, 4, 4, 1024), (1, 1, 1024, 1024))  # no flip to move
@@ -237,7 +271,7 @@ def test_config_rejects_unknown_conv_impl():
 def test_auto_rule_on_cpu():
   r = lambda x, w: conv_tune.resolve("auto", x, w, np.float32)  # noqa: E731
   assert r((64, 16, 16, 64), (1, 1, 64, 64)) == "matmul"    # 1x1: a matmul
-  assert r((64, 16, 16, 64), (3, 3, 64, 3)) == "xla"        # RGB output layer
+  assert r((64, 16, 16, 64), (3, 3, 64, 3)) == "taps"       # RGB output layer
   assert r((128, 16, 16, 3), (3, 3, 3, 64)) == "im2col"     # RGB input layer
   assert r((64, 16, 16, 64), (3, 3, 64, 64)) == "shift"     # 16,384 pixels
   assert r((2, 8, 8, 64), (3, 3, 64, 64)) == "xla_dw"       # too few pixels to gain

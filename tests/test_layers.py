@@ -1,5 +1,6 @@
 """Layers against independent numpy references (SVD, plain attention, plain BN)."""
 
+import flax.linen
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -175,6 +176,29 @@ def test_upsample_and_pools():
   np.testing.assert_array_equal(layers.avg_pool2(up), x)
   np.testing.assert_array_equal(layers.max_pool2(up), x)
 
+
+
+def test_max_pool2_gradient_goes_to_each_windows_maximum():
+  # numpy reference: the window maximum, and a cotangent routed to its position.
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(2, 6, 4, 5)).astype(np.float32)
+  t = rng.normal(size=(2, 3, 2, 5)).astype(np.float32)
+  windows = x.reshape(2, 3, 2, 2, 2, 5).transpose(0, 1, 3, 5, 2, 4).reshape(2, 3, 2, 5, 4)
+  ref_y = windows.max(-1)
+  onehot = windows == ref_y[..., None]
+  ref_dx = (onehot * t[..., None]).reshape(2, 3, 2, 5, 2, 2).transpose(0, 1, 4, 2, 5, 3)
+  ref_dx = ref_dx.reshape(x.shape)
+  y, vjp = jax.vjp(layers.max_pool2, jnp.asarray(x))
+  np.testing.assert_array_equal(y, ref_y)
+  np.testing.assert_array_equal(vjp(jnp.asarray(t))[0], ref_dx)
+  # Flax's reduce_window pooling agrees (values and gradient) where no window has a tie.
+  y2, vjp2 = jax.vjp(lambda v: flax.linen.max_pool(v, (2, 2), (2, 2)), jnp.asarray(x))
+  np.testing.assert_array_equal(y, y2)
+  np.testing.assert_array_equal(vjp(jnp.asarray(t))[0], vjp2(jnp.asarray(t))[0])
+  # A tie shares the cotangent equally.
+  tied = jnp.asarray([[[[1.0], [1.0]], [[0.0], [-2.0]]]])
+  np.testing.assert_array_equal(
+      jax.grad(lambda v: layers.max_pool2(v).sum())(tied)[0, :, :, 0], [[0.5, 0.5], [0, 0]])
 
 def test_batch_norm_groups_normalise_each_group_separately():
   rng = np.random.default_rng(1)

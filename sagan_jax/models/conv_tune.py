@@ -59,23 +59,26 @@ def rule(x_shape, w_shape) -> str:
   """'auto' on CPU: XLA where its weight gradient is fine, matmuls where they win.
 
   Measured on a 2-core AMD EPYC (jax 0.10, weight gradient alone): a 1x1
-  conv is 4-7x faster as a matmul; a narrow output (the RGB layer) stays
-  with XLA (a matmul with 3 columns is 4x slower); a narrow input (the RGB
-  input) is 2.5-5x faster as one im2col matmul; a few thousand pixels
+  conv is 4-7x faster as a matmul; a narrow input (the RGB input) is
+  2.5-5x faster as one im2col matmul; a few thousand pixels
   (N*H*W) or fewer are a tie or XLA's; above that the shifted-slice weight
   gradient is 1.2x (64 channels, 16x16, batch 64) to 3-10x (128 channels,
   32x32 or more) faster than XLA's. Where XLA's weight gradient stays, the
   input gradient is `conv.input_grad`'s ('xla_dw'), not autodiff's: the same
   program where the kernel is small, 1.1-2.5x faster where it is the larger
   (2-core Intel Xeon, jaxlib 0.12.1, 512-1024 channels at 4x4 and 8x8).
+  A narrow output (the RGB layer) is 'taps' (a matmul with 3 columns, tried
+  first on AMD, was 4x slower than XLA; one with 27, then shifted sums, is
+  2x faster: forward 34 -> 16 ms and both gradients 92 -> 44 ms at 32x32,
+  128 channels, batch 64, 2-core Intel Xeon, jaxlib 0.10.2).
   """
   n, h, w, _ = x_shape
   kh, kw, c, o = w_shape
   if (kh, kw) == (1, 1):
     return "matmul"
-  if o < 8:
-    return "xla"
-  if c < 8:
+  if o < conv.NARROW:
+    return "taps"
+  if c < conv.NARROW:
     return "im2col"
   return "shift" if n * h * w >= 4096 else "xla_dw"
 
@@ -198,8 +201,8 @@ def resolve(impl: str, x_shape, w_shape, dtype) -> str:
     return impl
   if jax.default_backend() != "cpu":
     return "xla"
-  if impl == "auto" or tuple(w_shape[:2]) == (1, 1):
-    return rule(x_shape, w_shape)
+  if impl == "auto" or tuple(w_shape[:2]) == (1, 1) or w_shape[-1] < conv.NARROW:
+    return rule(x_shape, w_shape)   # (the candidates differ in dW only; 'taps' in all three)
   _load_disk()
   key = _key(x_shape, w_shape, dtype)
   if key in _choices:

@@ -272,7 +272,19 @@ class ConditionalBatchNorm(nn.Module):
 
 
 def max_pool2(x: jax.Array) -> jax.Array:
-  return nn.max_pool(x, (2, 2), (2, 2))
+  """2x2 max pooling, stride 2, of NHWC `x` (even H and W): the attention's phi and g.
+
+  A max over the axes of a reshape, not `nn.max_pool`: the two windows do not overlap,
+  so the values are the same, and the gradient of a max over axes is elementwise (the
+  cotangent goes to the window's maximum), where a max `reduce_window`'s gradient is
+  built from a variadic reduce_window that carries one int32 index array per dimension
+  (four iotas of the input's size) and a scatter: 4-5x the time of this one for the
+  attention's shapes (benchmarks/README.md). A tie within a window shares the gradient
+  equally among the tied entries (`nn.max_pool` gives it to one); the attention's inputs
+  are products of float weights, where ties do not occur in practice.
+  """
+  b, h, w, c = x.shape
+  return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
 avg_pool2 = conv.avg_pool2
