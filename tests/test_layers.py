@@ -177,7 +177,6 @@ def test_upsample_and_pools():
   np.testing.assert_array_equal(layers.max_pool2(up), x)
 
 
-
 def test_max_pool2_gradient_goes_to_each_windows_maximum():
   # numpy reference: the window maximum, and a cotangent routed to its position.
   rng = np.random.default_rng(3)

@@ -28,11 +28,11 @@ A 1x1 kernel is a plain matmul in every implementation but 'xla'.
 
 The input gradient is a convolution of dy with the kernel flipped in space and
 transposed (in and out swapped). Where x is narrow (C < `NARROW`: the RGB input of D's
-first layer), `input_grad` computes that convolution as 'taps' does. XLA's autodiff writes that kernel as one
-fused reverse-and-transpose, which XLA:CPU runs far below memory speed: 57 ms
-for a 3x3x1024x1024 kernel against 13 ms for the plain transpose (2-core Intel
-Xeon, jaxlib 0.12.1); with it, the whole input gradient of such a layer at 4x4,
-batch 16, took 72 ms. `input_grad` flips dy and the result instead, and
+first layer), `input_grad` computes that convolution as 'taps' does. XLA's autodiff
+writes that kernel as one fused reverse-and-transpose, which XLA:CPU runs far below
+memory speed: 57 ms for a 3x3x1024x1024 kernel against 13 ms for the plain transpose
+(2-core Intel Xeon, jaxlib 0.12.1); with it, the whole input gradient of such a layer
+at 4x4, batch 16, took 72 ms. `input_grad` flips dy and the result instead, and
 transposes the kernel alone (32 ms for that layer), wherever the kernel has more
 elements than dy and dx together (the deep, low-resolution layers); elsewhere
 it is XLA's autodiff, which was as fast or faster.

@@ -278,10 +278,10 @@ def max_pool2(x: jax.Array) -> jax.Array:
   so the values are the same, and the gradient of a max over axes is elementwise (the
   cotangent goes to the window's maximum), where a max `reduce_window`'s gradient is
   built from a variadic reduce_window that carries one int32 index array per dimension
-  (four iotas of the input's size) and a scatter: 4-5x the time of this one for the
-  attention's shapes (benchmarks/README.md). A tie within a window shares the gradient
-  equally among the tied entries (`nn.max_pool` gives it to one); the attention's inputs
-  are products of float weights, where ties do not occur in practice.
+  (four iotas of the input's size): 4-5x the time of this one for the attention's
+  shapes (benchmarks/results/intel_2026-12-07_cpu.json). A tie within a window shares
+  the gradient equally among the tied entries (`nn.max_pool` gives it to one); the
+  attention's inputs are products of float weights, where ties do not occur in practice.
   """
   b, h, w, c = x.shape
   return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
