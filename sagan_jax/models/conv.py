@@ -56,6 +56,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 
 from sagan_jax.models import loops
@@ -290,13 +291,22 @@ def _conv_up(x: jax.Array, w: jax.Array, choose: Chooser) -> jax.Array:
   return y.reshape(n, 2 * h, 2 * wd, w.shape[-1])
 
 
+def _pool_taps() -> np.ndarray:
+  """[4, 4, 3, 3]: how much of 3x3 tap (i, j) each 4x4 tap of w (*) box/4 holds."""
+  m = np.zeros((4, 4, 3, 3), np.float32)
+  for i in range(3):
+    for j in range(3):
+      m[i:i + 2, j:j + 2, i, j] = 0.25
+  return m
+
+
 def _pooled_kernel(w: jax.Array) -> jax.Array:
   """The 4x4 kernel of avg_pool2(conv3x3(.)) from the 3x3 kernel w [3, 3, A, B]: [4, 4, A, B],
-  w (*) box/4 written as the sum of w padded four ways: autodiff's transpose of a pad is a
-  slice, so dw is four slices of dk summed in one pass."""
-  def shifted(i, j):
-    return jnp.pad(w, ((i, 1 - i), (j, 1 - j), (0, 0), (0, 0)))
-  return 0.25 * (shifted(0, 0) + shifted(1, 0) + shifted(0, 1) + shifted(1, 1))
+  w (*) box/4 as one product over the 9 taps, [16, 9] @ [9, A*B] (its gradient another).
+  A dot is its own operation: written as pads and sums, XLA fused it with the transposes
+  `_conv_down` applies to it into one loop that ran at a fraction of memory speed (322 ms
+  for D's [2, 2, 1024, 4096] transposed kernel at 128x128, jaxlib 0.10.2)."""
+  return jnp.einsum("uvij,ijab->uvab", _pool_taps().astype(w.dtype), w)
 
 
 def _conv_down(x: jax.Array, w: jax.Array, choose: Chooser) -> jax.Array:
