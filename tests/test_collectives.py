@@ -15,6 +15,7 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from tests.conftest import load_config
@@ -83,12 +84,14 @@ def test_the_check_finds_an_all_reduce_in_a_loop():
   assert found and all("all-reduce" in f for f in found), found
 
 
-def test_shift_weight_gradient_sums_over_devices_after_its_loop():
+@pytest.mark.parametrize("impl", ["shift", "blocked"])
+def test_looped_weight_gradients_sum_over_devices_after_their_loop(impl, monkeypatch):
+  monkeypatch.setattr(conv, "block_rows", lambda *_: 16)   # 'blocked': several blocks
   mesh = parallel.make_mesh()
   x, dy = _conv_inputs()
   assert conv.batch_groups(len(x)) == mesh.devices.size
   xs, dys = _sharded(mesh, x, dy)
-  fn = jax.jit(lambda x, dy: conv.weight_grad(x, dy, (3, 3, 8, 16), "shift"))
+  fn = jax.jit(lambda x, dy: conv.weight_grad(x, dy, (3, 3, 8, 16), impl))
   compiled = fn.lower(xs, dys).compile()
   assert collectives_in_loops(compiled.as_text()) == []
   assert "all-reduce" in compiled.as_text()   # the sum over devices is still there

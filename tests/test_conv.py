@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from sagan_jax import config_base, errors, preflight
-from sagan_jax.models import conv, conv_tune, layers
+from sagan_jax.models import conv, conv_tune, layers, loops
 
 
 def _numpy_conv(x, w):
@@ -46,7 +46,7 @@ def test_xla_reference_matches_numpy(k):
                              rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("impl", ["im2col", "matmul", "shift", "taps"])
+@pytest.mark.parametrize("impl", ["im2col", "matmul", "shift", "blocked", "taps"])
 @pytest.mark.parametrize("k", [1, 3])
 def test_impl_matches_lax_conv_values_and_gradients(impl, k):
   # Odd sizes everywhere: batch 3, 5x7 maps, 6 -> 5 channels.
@@ -57,7 +57,7 @@ def test_impl_matches_lax_conv_values_and_gradients(impl, k):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max(), err_msg=name)
 
 
-@pytest.mark.parametrize("impl", ["im2col", "matmul", "shift", "taps"])
+@pytest.mark.parametrize("impl", ["im2col", "matmul", "shift", "blocked", "taps"])
 def test_impl_matches_lax_conv_in_bfloat16(impl):
   x, w, dy = _inputs(3, jnp.bfloat16, shape=(2, 6, 6, 16), out=8, seed=1)
   ref = _value_and_grads("xla", x, w, dy)
@@ -68,23 +68,52 @@ def test_impl_matches_lax_conv_in_bfloat16(impl):
     np.testing.assert_allclose(a, b, atol=0.03 * np.abs(b).max(), err_msg=name)
 
 
-def test_weight_gradients_agree():
+@pytest.mark.parametrize("rows", [None, 7])
+def test_weight_gradients_agree(rows, monkeypatch):
+  """rows=7: 'blocked' in many 7-row blocks and a shorter last one (a block ends mid-row)."""
+  if rows:
+    monkeypatch.setattr(conv, "block_rows", lambda *_: rows)
   x, w, dy = _inputs(3, shape=(2, 4, 9, 3), out=7)
   ref = np.asarray(conv.weight_grad(x, dy, w.shape, "xla"))
-  for impl in ("im2col", "shift"):
+  for impl in ("im2col", "shift", "blocked"):
     np.testing.assert_allclose(np.asarray(conv.weight_grad(x, dy, w.shape, impl)), ref,
-                               rtol=1e-5, atol=1e-5)
-  # An even kernel with one-sided padding (the fused upsampling's phase convs).
-  pad = ((1, 0), (0, 1))
+                               rtol=1e-5, atol=1e-5, err_msg=impl)
+  # An even kernel with one-sided padding (the fused upsampling's phase convs), and one
+  # without padding (the fused downsampling's 2x2 conv).
   w2 = w[:2, :2]
-  dy2 = np.asarray(conv.conv2d(x, w2, "xla", pad))
-  ref = np.asarray(conv.weight_grad(x, dy2, w2.shape, "xla", pad))
-  for impl in ("im2col", "shift"):
-    np.testing.assert_allclose(np.asarray(conv.weight_grad(x, dy2, w2.shape, impl, pad)), ref,
-                               rtol=1e-5, atol=1e-4)
+  for pad in (((1, 0), (0, 1)), ((0, 0), (0, 0))):
+    dy2 = np.asarray(conv.conv2d(x, w2, "xla", pad))
+    ref = np.asarray(conv.weight_grad(x, dy2, w2.shape, "xla", pad))
+    for impl in ("im2col", "shift", "blocked"):
+      np.testing.assert_allclose(np.asarray(conv.weight_grad(x, dy2, w2.shape, impl, pad)), ref,
+                                 rtol=1e-5, atol=1e-4, err_msg=f"{impl} {pad}")
 
 
-@pytest.mark.parametrize("impl", ["im2col", "matmul", "shift", "auto"])
+def test_blocked_weight_gradient_against_numpy_and_its_flop_count(monkeypatch):
+  """'blocked' against a float64 numpy loop over the taps; counted inside `loops.unrolled()`
+  its FLOPs are every block's (2 x rows x kh*kw*C x O, rows on the padded grid), in its
+  loop only one block's."""
+  monkeypatch.setattr(conv, "block_rows", lambda *_: 16)
+  x, w, dy = _inputs(3, shape=(2, 5, 6, 4), out=3, seed=9)
+  xp = np.pad(x.astype(np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+  ref = np.stack([np.stack([np.einsum("nhwc,nhwo->co", xp[:, i:i + 5, j:j + 6], dy)
+                            for j in range(3)]) for i in range(3)])
+  fn = lambda x, dy: conv.weight_grad(x, dy, w.shape, "blocked")  # noqa: E731
+  np.testing.assert_allclose(np.asarray(jax.jit(fn)(x, dy)), ref, rtol=1e-5, atol=1e-5)
+  rows = 2 * 7 * 8 - (2 * 8 + 2)      # the padded grid's rows, less the last all-zero ones
+  products = 2 * rows * 9 * 4 * 3
+  def flops():   # a fresh function each time: a traced one keeps the loops it was traced with
+    fresh = lambda x, dy: fn(x, dy)  # noqa: E731
+    return jax.jit(fresh).lower(x, dy).compile().cost_analysis()["flops"]
+
+  looped = flops()
+  with loops.unrolled():
+    counted = flops()
+  assert products <= counted < 1.1 * products
+  assert looped < products / 2
+
+
+@pytest.mark.parametrize("impl", ["im2col", "matmul", "shift", "blocked", "auto"])
 def test_sn_conv_gradients_match_xla_through_spectral_norm(impl):
   x = jnp.asarray(np.random.default_rng(2).standard_normal((4, 8, 8, 16)), jnp.float32)
   ref_mod = layers.SNConv(24, 3, conv_impl="xla")
@@ -194,7 +223,7 @@ def test_input_grad_keeps_autodiff_where_the_activations_are_larger():
   assert conv._dx_flips_activations((16, 4, 4, 1024), (3, 3, 1024, 1024))
 
 
-@pytest.mark.parametrize("impl", ["xla_dw", "im2col", "shift"])
+@pytest.mark.parametrize("impl", ["xla_dw", "im2col", "shift", "blocked"])
 def test_fused_down_with_a_large_kernel_equals_the_literal_form(impl):
   """Few pixels, many channels: the rewrite's input gradient flips the activations and uses
   the transposed kernel `_conv_down` builds itself (k2t), not the one input_grad would make."""
@@ -222,7 +251,7 @@ def test_pooled_kernel_is_the_box_filtered_kernel():
   np.testing.assert_allclose(np.asarray(conv._pooled_kernel(w)), ref, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("impl", ["xla_dw", "im2col", "shift"])
+@pytest.mark.parametrize("impl", ["xla_dw", "im2col", "shift", "blocked"])
 def test_fused_down_gradient_keeps_no_padded_copies_of_the_kernel(impl):
   """XLA's buffers for the fused down conv's gradients hold no padded [5, 5, C, O] copies
   of the kernel's gradient: the pooled kernel written as one pad then four slices made
@@ -275,7 +304,11 @@ def test_auto_rule_on_cpu():
   assert r((64, 16, 16, 64), (1, 1, 64, 64)) == "matmul"    # 1x1: a matmul
   assert r((64, 16, 16, 64), (3, 3, 64, 3)) == "taps"       # RGB output layer
   assert r((128, 16, 16, 3), (3, 3, 3, 64)) == "im2col"     # RGB input layer
-  assert r((64, 16, 16, 64), (3, 3, 64, 64)) == "shift"     # 16,384 pixels
+  assert r((64, 16, 16, 64), (3, 3, 64, 64)) == "blocked"   # 16,384 pixels, 64 -> 64
+  assert r((8, 128, 128, 64), (3, 3, 64, 64)) == "blocked"
+  assert r((64, 32, 32, 32), (3, 3, 32, 32)) == "shift"     # 32 channels
+  assert r((16, 64, 64, 128), (3, 3, 128, 128)) == "shift"  # more than 64 outputs
+  assert r((8, 32, 32, 64), (3, 3, 64, 64)) == "shift"      # 8,192 pixels
   assert r((2, 8, 8, 64), (3, 3, 64, 64)) == "xla_dw"       # too few pixels to gain
   for impl in conv.IMPLS:
     assert conv_tune.resolve(impl, (1, 4, 4, 8), (3, 3, 8, 8), np.float32) == impl

@@ -18,6 +18,14 @@ rounding:
   shift   XLA's forward, `input_grad`; the weight gradient as kh*kw
           matmuls of shifted input views with dy, one view at a time (no
           patch tensor: kh*kw times less memory than im2col).
+  blocked XLA's forward, `input_grad`; the weight gradient as im2col's one
+          matmul, cut into blocks of a few hundred rows that stay in cache.
+          x padded and dy (zeros where the padded grid has no output) are
+          flattened to rows; tap (i, j) pairs dy's row r with x's row
+          r + i*Wp + j, so a block's patches are kh*kw row ranges of x side
+          by side, and each block is one matmul dy_block^T @ patches. No
+          full-size copies per tap and no skinny [rows, C]^T [rows, O]
+          matmuls (XLA:CPU ran those at 35-50 GFLOP/s at 64 channels).
   taps    for a narrow output (the RGB layer, O = 3): one matmul of x with
           every tap's weights side by side, Z = x @ [C, kh*kw*O], then the
           kh*kw shifted O-channel views of Z summed; its autodiff gives dx and
@@ -61,7 +69,7 @@ from flax import linen as nn
 
 from sagan_jax.models import loops
 
-IMPLS = ("xla", "xla_dw", "im2col", "matmul", "shift", "taps")
+IMPLS = ("xla", "xla_dw", "im2col", "matmul", "shift", "blocked", "taps")
 NARROW = 8  # fewer channels than this: a narrow side (RGB), for 'taps' and `input_grad`
 _DIMS = ("NHWC", "HWIO", "NHWC")
 Padding = tuple[tuple[int, int], tuple[int, int]]
@@ -208,14 +216,63 @@ def _dw_shift(x, dy, w_shape, padding):
   return loops.map(tap, jnp.arange(kh * kw)).sum(axis=1).reshape(w_shape)
 
 
+_BLOCK_ELEMS = 2 ** 19  # `_dw_blocked`: patch elements per block (2 MB in float32)
+
+
+def block_rows(kh: int, kw: int, c: int) -> int:
+  """Rows per block of `_dw_blocked`: ~`_BLOCK_ELEMS` patch elements, 512 to 2048 rows.
+  Timed alone (2-core Intel Xeon, jaxlib 0.10.2): 1024-2048 rows at 64 channels, 512 at
+  128 and 256 were the fastest of 128-4096."""
+  return int(np.clip(_BLOCK_ELEMS // (kh * kw * c), 512, 2048))
+
+
+def _dw_blocked(x, dy, w_shape, padding):
+  """im2col's matmul in cache-sized blocks of rows (see the module docstring), summed in a
+  loop in float32. The batch is cut into `batch_groups` groups, summed after the loop."""
+  kh, kw, c, o = w_shape
+  n, ho, wo, _ = dy.shape
+  g = batch_groups(n)
+  xp = jnp.pad(x, ((0, 0),) + tuple(padding) + ((0, 0),))
+  hp, wp = xp.shape[1:3]
+  offsets = [i * wp + j for i in range(kh) for j in range(kw)]
+  halo = offsets[-1]
+  # dy on x's padded grid, zeros past its last row and column: its last `halo` rows are all
+  # zeros, so the m - halo rows before them pair with x's m rows exactly, no padding past x.
+  m = (n // g) * hp * wp - halo
+  xr = xp.reshape(g, -1, c)
+  dyt = jnp.pad(dy, ((0, 0), (0, hp - ho), (0, wp - wo), (0, 0))).reshape(g, -1, o)
+  dyt = jnp.swapaxes(dyt[:, :m], 1, 2)                                    # [g, O, m]
+  rows = min(block_rows(kh, kw, c), m)
+  nb, tail = divmod(m, rows)
+
+  def block(start, length):
+    xb = jax.lax.dynamic_slice_in_dim(xr, start, length + halo, axis=1)
+    cols = jnp.concatenate([xb[:, s:s + length] for s in offsets], axis=2)
+    db = jax.lax.dynamic_slice_in_dim(dyt, start, length, axis=2)
+    return jnp.einsum("gor,grk->gok", db, cols, preferred_element_type=jnp.float32)
+
+  if loops.is_unrolled():
+    return _blocked_result(block(0, m), w_shape, x.dtype)  # the same products, to count
+  dw = jax.lax.fori_loop(0, nb, lambda k, acc: acc + block(k * rows, rows),
+                         jnp.zeros((g, o, kh * kw * c), jnp.float32))
+  if tail:
+    dw = dw + block(nb * rows, tail)
+  return _blocked_result(dw, w_shape, x.dtype)
+
+
+def _blocked_result(dw, w_shape, dtype):
+  """[g, O, kh*kw*C] float32 sums -> the kernel's gradient [kh, kw, C, O]."""
+  return dw.sum(axis=0).T.reshape(w_shape).astype(dtype)
+
+
 _WEIGHT_GRADS = {"xla": _dw_xla, "xla_dw": _dw_xla, "im2col": _dw_im2col, "shift": _dw_shift,
-                 "taps": _dw_taps}
+                 "blocked": _dw_blocked, "taps": _dw_taps}
 
 
 def weight_grad(x: jax.Array, dy: jax.Array, w_shape, impl: str,
                 padding: Padding | None = None) -> jax.Array:
-  """dL/dW of a stride-1 conv of x given dL/dy, as 'xla', 'im2col', 'shift' or 'taps'
-  compute it."""
+  """dL/dW of a stride-1 conv of x given dL/dy, as 'xla', 'im2col', 'shift', 'blocked' or
+  'taps' compute it."""
   return _WEIGHT_GRADS[impl](x, dy, tuple(w_shape), padding or same_padding(w_shape))
 
 
@@ -242,7 +299,7 @@ def _xla_with_dw(dw_fn):
 _CONVS = {"xla": lambda x, w, wt, padding: conv_xla(x, w, padding),
           "xla_dw": _xla_with_dw(_dw_xla), "im2col": _xla_with_dw(_dw_im2col),
           "matmul": lambda x, w, wt, padding: conv_matmul(x, w, padding),
-          "shift": _xla_with_dw(_dw_shift),
+          "shift": _xla_with_dw(_dw_shift), "blocked": _xla_with_dw(_dw_blocked),
           "taps": lambda x, w, wt, padding: conv_taps(x, w, padding)}
 
 

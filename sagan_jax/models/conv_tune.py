@@ -49,7 +49,7 @@ _CACHE_FILE = "conv_impl.json"
 CHOICES = ("auto", "tune") + conv.IMPLS
 # Timed for 'tune': they differ only in the weight gradient ('matmul' is there to be asked for;
 # 'xla' differs from 'xla_dw' only in the input gradient, where conv.input_grad is not slower).
-CANDIDATES = ("xla_dw", "im2col", "shift")
+CANDIDATES = ("xla_dw", "im2col", "shift", "blocked")
 
 _choices: dict[str, str] = {}
 _disk_loaded = False
@@ -67,6 +67,15 @@ def rule(x_shape, w_shape) -> str:
   input gradient is `conv.input_grad`'s ('xla_dw'), not autodiff's: the same
   program where the kernel is small, 1.1-2.5x faster where it is the larger
   (2-core Intel Xeon, jaxlib 0.12.1, 512-1024 channels at 4x4 and 8x8).
+  Where the shifted-slice form's per-tap matmuls are skinny ([rows, C]^T [rows, O] with
+  64-256 inputs and 64 or fewer outputs, 16,384 pixels or more) it is 'blocked' (im2col
+  in cache-sized blocks): G's 128x128, 64-channel conv 264 -> 175 ms, D's fused 2x2 down
+  conv (256 -> 64 channels at 65x65, batch 16) 147-162 -> 117-153 ms (2-core Intel Xeon,
+  jaxlib 0.10.2, weight gradient alone); at 32 channels, or 128 and more outputs, the
+  shifted slices were as fast or faster. Tried without gain: 'matmul' for the deep
+  low-resolution layers (fewer than 4,096 pixels, kh*kw*C >= 4096): forward and both
+  gradients alone took 1052 ms against 'xla_dw's 2138 over ten 128px shapes, yet the 128px
+  step took 6.91 s against 6.44 (compiled both ways, alternated in one process).
   A narrow output (the RGB layer) is 'taps' (a matmul with 3 columns, tried
   first on AMD, was 4x slower than XLA; one with 27, then shifted sums, is
   2x faster: forward 34 -> 16 ms and both gradients 92 -> 44 ms at 32x32,
@@ -80,7 +89,9 @@ def rule(x_shape, w_shape) -> str:
     return "taps"
   if c < conv.NARROW:
     return "im2col"
-  return "shift" if n * h * w >= 4096 else "xla_dw"
+  if n * h * w < 4096:
+    return "xla_dw"
+  return "blocked" if 64 <= c <= 256 and o <= 64 and n * h * w >= 16384 else "shift"
 
 
 def cache_path() -> str | None:

@@ -2,10 +2,12 @@
 
 `attention.attend_in_chunks` and the 'shift' convolution's weight gradient
 (`conv._dw_shift`) run a loop (`jax.lax.map`) so that XLA keeps one piece of
-their work in memory at a time. XLA's cost analysis counts a loop's body
+their work in memory at a time; the 'blocked' weight gradient (`conv._dw_blocked`)
+sums its blocks in a `fori_loop`. XLA's cost analysis counts a loop's body
 once, so a program with loops reports fewer FLOPs than it does. Traced inside
-`unrolled()`, `map` is a Python loop instead: the same arithmetic with every
-piece visible, which is what `describe` and `benchmarks/train_speed.py` count.
+`unrolled()`, `map` is a Python loop instead, and the blocked sum one block:
+the same arithmetic with every piece visible, which is what `describe` and
+`benchmarks/train_speed.py` count.
 """
 
 from __future__ import annotations
@@ -28,6 +30,12 @@ def unrolled():
     yield
   finally:
     _unrolled = before
+
+
+def is_unrolled() -> bool:
+  """Whether tracing is inside `unrolled()`: a loop written without `map` (the 'blocked'
+  weight gradient's running sum) then traces its work as one piece, the same products."""
+  return _unrolled
 
 
 def map(f, xs):  # noqa: A001 (jax.lax.map's name)
