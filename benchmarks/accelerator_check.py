@@ -128,7 +128,7 @@ def _compare(cases: dict, modes) -> dict:
 def conv_checks(small: bool) -> dict:
   """Every conv implementation, and the fused resampling, against XLA's conv."""
   import jax
-  from sagan_jax.models import conv
+  from sagan_jax.models import conv, resampling
   n, hw, c = (2, 8, 8) if small else (16, 32, 64)
   shapes = {"3x3": (3, 3, c, 2 * c), "1x1": (1, 1, c, 2 * c), "rgb": (3, 3, c, 3)}
   ks = jax.random.split(jax.random.PRNGKey(0), 8)
@@ -142,10 +142,10 @@ def conv_checks(small: bool) -> dict:
   w = 0.1 * jax.random.normal(ks[2], (3, 3, c, c))
   for resample in ("up", "down"):
     def literal(x, w, r=resample):
-      return conv.resampled_conv(x, w, lambda *_: "xla", r, fuse=False)
+      return resampling.resampled_conv(x, w, lambda *_: "xla", r, fuse=False)
     for impl in conv.IMPLS:
       def fused(x, w, i=impl, r=resample):
-        return conv.resampled_conv(x, w, lambda *_: i, r, fuse=True)
+        return resampling.resampled_conv(x, w, lambda *_: i, r, fuse=True)
       cases[f"{resample}/{impl}"] = (fused, literal, (x, w))
   return _compare(cases, ("highest", "default", "bfloat16"))
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from sagan_jax import config_base, errors, preflight
-from sagan_jax.models import conv, conv_tune, layers, loops
+from sagan_jax.models import conv, conv_tune, layers, loops, resampling
 
 
 def _numpy_conv(x, w):
@@ -139,7 +139,7 @@ def test_fused_resampling_equals_the_literal_form(impl, resample, k):
 
   def run(fuse, choose):
     def f(x, w):
-      return conv.resampled_conv(x, w, choose, resample, fuse=fuse)
+      return resampling.resampled_conv(x, w, choose, resample, fuse=fuse)
     y = f(x, w)
     dy = np.random.default_rng(5).standard_normal(y.shape).astype(np.float32)
     return [np.asarray(a, np.float64) for a in (y,) + jax.vjp(f, x, w)[1](dy)]
@@ -232,7 +232,7 @@ def test_fused_down_with_a_large_kernel_equals_the_literal_form(impl):
 
   def run(fuse, choose):
     def f(x, w):
-      return conv.resampled_conv(x, w, choose, "down", fuse=fuse)
+      return resampling.resampled_conv(x, w, choose, "down", fuse=fuse)
     y = f(x, w)
     dy = np.random.default_rng(7).standard_normal(y.shape).astype(np.float32)
     return [np.asarray(a, np.float64) for a in (y,) + jax.vjp(f, x, w)[1](dy)]
@@ -248,7 +248,7 @@ def test_pooled_kernel_is_the_box_filtered_kernel():
   w = np.random.default_rng(8).standard_normal((3, 3, 2, 5)).astype(np.float32)
   wp = np.pad(w.astype(np.float64), ((1, 1), (1, 1), (0, 0), (0, 0)))
   ref = sum(wp[i:i + 4, j:j + 4] for i in (0, 1) for j in (0, 1)) / 4
-  np.testing.assert_allclose(np.asarray(conv._pooled_kernel(w)), ref, rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(np.asarray(resampling._pooled_kernel(w)), ref, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("impl", ["xla_dw", "im2col", "shift", "blocked"])
@@ -258,13 +258,13 @@ def test_fused_down_gradient_keeps_no_padded_copies_of_the_kernel(impl):
   XLA:CPU keep them (17 such buffers in this program, temporaries 7.3-9.1x w's bytes at
   this shape, jaxlib 0.10.2 and 0.12.1; 173 MB more of the 128px benchmark step's
   temporaries on 0.10.2). As the sum of four pads: none, 4.2-6.0x; as a product over
-  the taps (`conv._pooled_kernel` now): none, 5.7-7.5x (the 128px step's temporaries
+  the taps (`resampling._pooled_kernel` now): none, 5.7-7.5x (the 128px step's temporaries
   the same to 0.2%)."""
   w = jnp.zeros((3, 3, 64, 64), jnp.float32)
   x = jnp.ones((2, 8, 8, 64), jnp.float32)
 
   def loss(w, x):
-    return jnp.sum(conv.resampled_conv(x, w, lambda xs, ws: impl, "down") ** 2)
+    return jnp.sum(resampling.resampled_conv(x, w, lambda xs, ws: impl, "down") ** 2)
 
   compiled = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(w, x).compile()
   assert "f32[5,5,64,64]" not in compiled.as_text()
@@ -274,11 +274,11 @@ def test_fused_down_gradient_keeps_no_padded_copies_of_the_kernel(impl):
 def test_resampling_reference_matches_numpy():
   x, w, _ = _inputs(3, shape=(2, 4, 6, 3), out=4)
   up = np.repeat(np.repeat(x, 2, axis=1), 2, axis=2)
-  np.testing.assert_allclose(np.asarray(conv.resampled_conv(x, w, lambda *_: "xla", "up")),
+  np.testing.assert_allclose(np.asarray(resampling.resampled_conv(x, w, lambda *_: "xla", "up")),
                              _numpy_conv(up, w), rtol=1e-5, atol=1e-5)
   y = _numpy_conv(x, w)
   pooled = y.reshape(2, 2, 2, 3, 2, 4).mean(axis=(2, 4))
-  np.testing.assert_allclose(np.asarray(conv.resampled_conv(x, w, lambda *_: "xla", "down")),
+  np.testing.assert_allclose(np.asarray(resampling.resampled_conv(x, w, lambda *_: "xla", "down")),
                              pooled, rtol=1e-5, atol=1e-5)
 
 
@@ -289,7 +289,7 @@ def test_unknown_impl_and_bad_kernel_are_refused():
   with pytest.raises(ValueError, match="give the padding"):
     conv.conv2d(x, np.zeros((2, 2, 6, 5), np.float32), "xla")
   with pytest.raises(ValueError, match="resample"):
-    conv.resampled_conv(x, w, lambda *_: "xla", "sideways")
+    resampling.resampled_conv(x, w, lambda *_: "xla", "sideways")
 
 
 def test_config_rejects_unknown_conv_impl():

@@ -14,7 +14,7 @@ OptimizedDBlock  (D's first block, no pre-activation on the image)
 
 An up x2 before a conv and an avgpool2 after it are the conv's `resample`
 argument: on CPU they are computed fused, as exact rewrites with fewer
-multiplies (`sagan_jax.models.conv.resampled_conv`).
+multiplies (`sagan_jax.models.resampling.resampled_conv`).
 """
 
 from __future__ import annotations

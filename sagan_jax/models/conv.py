@@ -45,16 +45,7 @@ transposes the kernel alone (32 ms for that layer), wherever the kernel has more
 elements than dy and dx together (the deep, low-resolution layers); elsewhere
 it is XLA's autodiff, which was as fast or faster.
 
-`resampled_conv` adds the resampling that SAGAN's residual blocks put around
-a conv, nearest x2 upsampling before (G) or 2x2 average pooling after (D).
-Fused, both are exact rewrites with 2.25x fewer multiplies for a 3x3 kernel:
-
-  up    conv3x3(upsample2(x)): each of the 4 output phases (row and column
-        parity) is a 2x2 conv of x with the 3x3 taps that land on the same
-        input pixel summed (rows: [w0, w1+w2] for even outputs, [w0+w1, w2]
-        for odd ones), interleaved back.
-  down  avgpool2(conv3x3(x)): a 4x4 stride-2 conv with kernel w (*) box/4,
-        computed as a 2x2 stride-1 conv of the space-to-depth input.
+The fused up/down resampling rewrites around these convs are in `resampling.py`.
 """
 
 from __future__ import annotations
@@ -65,7 +56,6 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import linen as nn
 
 from sagan_jax.models import loops
 
@@ -317,102 +307,3 @@ def conv2d(x: jax.Array, w: jax.Array, impl: str = "xla",
   if impl != "xla" and w.shape[:2] == (1, 1) and pad == ((0, 0), (0, 0)):
     return conv_matmul(x, w, pad)
   return _CONVS[impl](x, w, wt, pad)
-
-
-def upsample2(x: jax.Array) -> jax.Array:
-  """Nearest-neighbour x2 upsampling (NHWC)."""
-  return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-
-
-def avg_pool2(x: jax.Array) -> jax.Array:
-  """2x2 average pooling, stride 2 (NHWC)."""
-  return nn.avg_pool(x, (2, 2), (2, 2))
-
-
-def _phase_taps(w: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
-  """A 3-tap axis of w folded for x2 nearest upsampling: (even, odd) output phases."""
-  t = [jax.lax.index_in_dim(w, i, axis) for i in range(3)]
-  return (jnp.concatenate([t[0], t[1] + t[2]], axis),
-          jnp.concatenate([t[0] + t[1], t[2]], axis))
-
-
-def _conv_up(x: jax.Array, w: jax.Array, choose: Chooser) -> jax.Array:
-  """conv3x3_same(upsample2(x)) as 4 phase-wise 2x2 convs of x, interleaved."""
-  n, h, wd, _ = x.shape
-  rows = []
-  for a, wa in enumerate(_phase_taps(w, 0)):
-    cols = []
-    for b, wab in enumerate(_phase_taps(wa, 1)):
-      pad = ((1 - a, a), (1 - b, b))  # even phase: taps at -1, 0; odd phase: 0, +1
-      cols.append(conv2d(x, wab, choose(x.shape, wab.shape), pad))
-    rows.append(jnp.stack(cols, axis=3))          # [N, h, w, 2 (b), O]
-  y = jnp.stack(rows, axis=2)                     # [N, h, 2 (a), w, 2 (b), O]
-  return y.reshape(n, 2 * h, 2 * wd, w.shape[-1])
-
-
-def _pool_taps() -> np.ndarray:
-  """[4, 4, 3, 3]: how much of 3x3 tap (i, j) each 4x4 tap of w (*) box/4 holds."""
-  m = np.zeros((4, 4, 3, 3), np.float32)
-  for i in range(3):
-    for j in range(3):
-      m[i:i + 2, j:j + 2, i, j] = 0.25
-  return m
-
-
-_POOL_TAPS = _pool_taps()
-
-
-def _pooled_kernel(w: jax.Array) -> jax.Array:
-  """The 4x4 kernel of avg_pool2(conv3x3(.)) from the 3x3 kernel w [3, 3, A, B]: [4, 4, A, B],
-  w (*) box/4 as one product over the 9 taps, [16, 9] @ [9, A*B] (its gradient another).
-  A dot is its own operation: written as pads and sums, XLA fused it with the transposes
-  `_conv_down` applies to it into one loop that ran at a fraction of memory speed (322 ms
-  for D's [2, 2, 1024, 4096] transposed kernel at 128x128, jaxlib 0.10.2)."""
-  return jnp.einsum("uvij,ijab->uvab", _POOL_TAPS.astype(w.dtype), w)
-
-
-def _conv_down(x: jax.Array, w: jax.Array, choose: Chooser) -> jax.Array:
-  """avg_pool2(conv3x3_same(x)) as a 2x2 conv of the space-to-depth padded input."""
-  n, h, wd, c = x.shape
-  o = w.shape[-1]
-  k4 = _pooled_kernel(w)                                                # [4, 4, C, O]
-  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  hs, ws = (h + 2) // 2, (wd + 2) // 2
-  xs = xp.reshape(n, hs, 2, ws, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, hs, ws, 4 * c)
-  k2 = k4.reshape(2, 2, 2, 2, c, o).transpose(0, 2, 1, 3, 4, 5).reshape(2, 2, 4 * c, o)
-  # k2 with in and out swapped, for the input gradient, built the same way from w with in
-  # and out swapped: only whole rows of C move (XLA fused swapaxes(k2) with k2's
-  # construction into one slow loop, 250-540 ms for D's 1024-channel kernel at 128x128;
-  # with this, the 128px step on jaxlib 0.10.2 took 6.89 s against 7.10 s, on 0.12.1 the
-  # same as input_grad's own transpose behind a barrier).
-  k4t = _pooled_kernel(jnp.swapaxes(w, 2, 3))                           # [4, 4, O, C]
-  k2t = k4t.reshape(2, 2, 2, 2, o, c).transpose(0, 2, 4, 1, 3, 5).reshape(2, 2, o, 4 * c)
-  return conv2d(xs, k2, choose(xs.shape, k2.shape), ((0, 0), (0, 0)), wt=k2t)
-
-
-def resampled_conv(x: jax.Array, w: jax.Array, choose: Chooser, resample: str | None = None,
-                   fuse: bool = True) -> jax.Array:
-  """conv2d with SAME padding, after x2 upsampling ('up') or before 2x2 pooling ('down').
-
-  choose: picks the implementation for each (inner) conv from its shapes.
-  fuse=False computes the resampling literally (the reference); True uses
-  the rewrites above for 3x3 kernels and moves a 1x1 conv to the low
-  resolution side (it commutes with both).
-  """
-  k = w.shape[0]
-  if resample is None:
-    return conv2d(x, w, choose(x.shape, w.shape))
-  if resample not in ("up", "down"):
-    raise ValueError(f"resample must be None, 'up' or 'down', not {resample!r}")
-  odd = x.shape[1] % 2 or x.shape[2] % 2
-  if not fuse or k not in (1, 3) or (resample == "down" and odd):
-    if resample == "up":
-      xu = upsample2(x)
-      return conv2d(xu, w, choose(xu.shape, w.shape))
-    return avg_pool2(conv2d(x, w, choose(x.shape, w.shape)))
-  if k == 1:
-    if resample == "up":
-      return upsample2(conv2d(x, w, choose(x.shape, w.shape)))
-    xd = avg_pool2(x)
-    return conv2d(xd, w, choose(xd.shape, w.shape))
-  return _conv_up(x, w, choose) if resample == "up" else _conv_down(x, w, choose)

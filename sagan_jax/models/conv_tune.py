@@ -186,7 +186,7 @@ def _pick(times: dict[str, float]) -> str:
 
 
 def fuses_resampling(impl: str, resample: str | None = None, x_shape=None) -> bool:
-  """Whether convs next to up/downsampling use `conv.resampled_conv`'s exact rewrites: on
+  """Whether convs next to up/downsampling use `resampling.resampled_conv`'s exact rewrites: on
   CPU for every implementation but the 'xla' reference (accelerators run the literal form).
 
   'auto' and 'tune' keep a downsampling conv literal below `_DOWN_MIN_PIXELS` input pixels

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from sagan_jax.models import attention, conv, conv_tune
+from sagan_jax.models import attention, conv_tune, resampling
 
 SPECTRAL = "spectral"
 Dtype = Any
@@ -140,8 +140,9 @@ class SNConv(nn.Module):
     if self.use_sn:
       kernel = SpectralNorm(self.sn_eps, self.sn_init_iters, name="sn")(kernel, update_sn)
     choose = functools.partial(conv_tune.resolve, self.conv_impl, dtype=self.dtype)
-    y = conv.resampled_conv(x.astype(self.dtype), kernel.astype(self.dtype), choose, resample,
-                            fuse=conv_tune.fuses_resampling(self.conv_impl, resample, x.shape))
+    y = resampling.resampled_conv(
+        x.astype(self.dtype), kernel.astype(self.dtype), choose, resample,
+        fuse=conv_tune.fuses_resampling(self.conv_impl, resample, x.shape))
     if self.use_bias:
       bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
       y = y + bias.astype(self.dtype)
@@ -287,8 +288,8 @@ def max_pool2(x: jax.Array) -> jax.Array:
   return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
-avg_pool2 = conv.avg_pool2
-upsample2 = conv.upsample2
+avg_pool2 = resampling.avg_pool2
+upsample2 = resampling.upsample2
 
 
 class SelfAttention(nn.Module):
