@@ -245,17 +245,13 @@ def _dw_blocked(x, dy, w_shape, padding):
     return jnp.einsum("gor,grk->gok", db, cols, preferred_element_type=jnp.float32)
 
   if loops.is_unrolled():
-    return _blocked_result(block(0, m), w_shape, x.dtype)  # the same products, to count
-  dw = jax.lax.fori_loop(0, nb, lambda k, acc: acc + block(k * rows, rows),
-                         jnp.zeros((g, o, kh * kw * c), jnp.float32))
-  if tail:
-    dw = dw + block(nb * rows, tail)
-  return _blocked_result(dw, w_shape, x.dtype)
-
-
-def _blocked_result(dw, w_shape, dtype):
-  """[g, O, kh*kw*C] float32 sums -> the kernel's gradient [kh, kw, C, O]."""
-  return dw.sum(axis=0).T.reshape(w_shape).astype(dtype)
+    dw = block(0, m)                               # the same products as one block, to count
+  else:
+    dw = jax.lax.fori_loop(0, nb, lambda k, acc: acc + block(k * rows, rows),
+                           jnp.zeros((g, o, kh * kw * c), jnp.float32))
+    if tail:
+      dw = dw + block(nb * rows, tail)
+  return dw.sum(axis=0).T.reshape(w_shape).astype(x.dtype)   # [g, O, kh*kw*C] -> w's layout
 
 
 _WEIGHT_GRADS = {"xla": _dw_xla, "xla_dw": _dw_xla, "im2col": _dw_im2col, "shift": _dw_shift,
