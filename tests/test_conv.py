@@ -217,10 +217,60 @@ def test_input_grad_of_a_narrow_input_equals_autodiff(x_shape, w_shape, padding)
                                atol=1e-5 * float(np.abs(r).max()))
 
 
+# (dy shape, kernel, padding) with a kernel >= conv.KERNEL_FIRST times dy and dx together
+_KERNEL_FIRST_CASES = [((2, 2, 3, 16), (3, 3, 32, 16), ((1, 1), (1, 1))),
+                       ((1, 2, 2, 24), (2, 2, 64, 24), ((0, 0), (0, 0))),     # fused down
+                       ((1, 3, 2, 16), (2, 2, 48, 16), ((1, 0), (0, 1))),     # an up phase
+                       ((1, 1, 2, 8), (3, 1, 64, 8), ((2, 0), (0, 0)))]
+
+
+@pytest.mark.parametrize("dy_shape,w_shape,padding", _KERNEL_FIRST_CASES)
+def test_input_grad_kernel_first_equals_autodiff_and_numpy(dy_shape, w_shape, padding):
+  """`conv.input_grad` where the kernel dwarfs dy and dx (one matmul with the kernel as
+  stored, then shifted sums): XLA's autodiff input gradient and numpy's, in float32, and
+  in bfloat16 to bfloat16 rounding."""
+  assert conv._dx_kernel_first(dy_shape, w_shape)
+  rng = np.random.default_rng(13)
+  kh, kw, c, _ = w_shape
+  (pt, pb), (pl, pr) = padding
+  x_shape = (dy_shape[0], dy_shape[1] + kh - 1 - pt - pb, dy_shape[2] + kw - 1 - pl - pr, c)
+  x = rng.standard_normal(x_shape).astype(np.float32)
+  w = rng.standard_normal(w_shape).astype(np.float32)
+  dy = rng.standard_normal(dy_shape).astype(np.float32)
+  grad = jax.jit(conv.input_grad, static_argnums=(2, 3))
+  got = grad(dy, w, padding, x_shape)
+  jaxpr = str(jax.make_jaxpr(conv.input_grad, static_argnums=(2, 3))(dy, w, padding, x_shape))
+  assert "conv_general_dilated" not in jaxpr and "dot_general" in jaxpr  # the matmul path
+  ref = jax.vjp(lambda x_: conv.conv_xla(x_, w, padding), x)[1](dy)[0]
+  # numpy: dx[n, r + i - pt, s + j - pl, c] += dy[n, r, s, :] . w[i, j, c, :]
+  ref_np = np.zeros((x_shape[0], x_shape[1] + pt + pb, x_shape[2] + pl + pr, c))
+  for i in range(kh):
+    for j in range(kw):
+      ref_np[:, i:i + dy_shape[1], j:j + dy_shape[2]] += dy.astype(np.float64) @ w[i, j].T
+  ref_np = ref_np[:, pt:pt + x_shape[1], pl:pl + x_shape[2]]
+  assert got.shape == x_shape and got.dtype == jnp.float32
+  for r in (ref, ref_np):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(r), rtol=1e-5,
+                               atol=1e-5 * float(np.abs(r).max()))
+  bf = grad(dy.astype(jnp.bfloat16), w.astype(jnp.bfloat16), padding, x_shape)
+  assert bf.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(bf, np.float32), ref_np, rtol=0,
+                             atol=0.03 * float(np.abs(ref_np).max()))
+  # and through the layer: 'xla_dw' (its input gradient is input_grad's) against 'xla'
+  if padding == ((1, 1), (1, 1)):
+    for a, b in zip(_value_and_grads("xla_dw", x, w, dy), _value_and_grads("xla", x, w, dy)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())
+
+
 def test_input_grad_keeps_autodiff_where_the_activations_are_larger():
   assert not conv._dx_flips_activations((64, 16, 16, 64), (3, 3, 64, 64))
   assert not conv._dx_flips_activations((16, 4, 4, 1024), (1, 1, 1024, 1024))  # no flip to move
   assert conv._dx_flips_activations((16, 4, 4, 1024), (3, 3, 1024, 1024))
+  # kernel-first only where the kernel is >= 8x dy and dx: D's 4x4 1024-channel convs, not
+  # its 8x8 512 -> 1024 one (slower that way: 42 -> 58 ms, jaxlib 0.10.2)
+  assert conv._dx_kernel_first((16, 4, 4, 1024), (3, 3, 1024, 1024))
+  assert not conv._dx_kernel_first((16, 8, 8, 1024), (3, 3, 512, 1024))
+  assert not conv._dx_kernel_first((16, 4, 4, 1024), (1, 1, 1024, 1024))
 
 
 @pytest.mark.parametrize("impl", ["xla_dw", "im2col", "shift", "blocked"])

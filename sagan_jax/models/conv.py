@@ -43,7 +43,15 @@ memory speed: 57 ms for a 3x3x1024x1024 kernel against 13 ms for the plain trans
 at 4x4, batch 16, took 72 ms. `input_grad` flips dy and the result instead, and
 transposes the kernel alone (32 ms for that layer), wherever the kernel has more
 elements than dy and dx together (the deep, low-resolution layers); elsewhere
-it is XLA's autodiff, which was as fast or faster.
+it is XLA's autodiff, which was as fast or faster. Where the kernel has 8 or more times
+the elements of dy and dx together (`KERNEL_FIRST`: D's and G's 4x4 and 8x8 layers with
+1024 channels at 128x128), no transposed kernel at all: one matmul with the kernel as
+stored, W[kh*kw*C, O] @ dy^T, then shifted sums (`_input_grad_kernel_first`). jaxlib
+0.10.2 drops the barrier that keeps that transpose apart, and XLA:CPU then ran it fused
+with SN's division at ~1.3 GB/s (57 ms for 3x3x1024x1024). Alone (2-core Intel Xeon, best
+of 5): 79 -> 34 ms at [16, 4, 4, 1024] and 94 -> 55 ms at [8, 8, 8, 1024] on 0.10.2,
+44 -> 35 and 61 -> 52 ms on 0.12.1; at 3x (D's 8x8 512 -> 1024 conv) it was slower,
+42 -> 58 ms.
 
 The fused up/down resampling rewrites around these convs are in `resampling.py`.
 """
@@ -61,6 +69,7 @@ from sagan_jax.models import loops
 
 IMPLS = ("xla", "xla_dw", "im2col", "matmul", "shift", "blocked", "taps")
 NARROW = 8  # fewer channels than this: a narrow side (RGB), for 'taps' and `input_grad`
+KERNEL_FIRST = 8  # kernel / (dy + dx) elements from which `input_grad` is kernel-first
 _DIMS = ("NHWC", "HWIO", "NHWC")
 Padding = tuple[tuple[int, int], tuple[int, int]]
 Chooser = Callable[[tuple, tuple], str]  # (x shape, kernel shape) -> one of IMPLS
@@ -121,6 +130,31 @@ def conv_taps(x: jax.Array, w: jax.Array, padding: Padding | None = None) -> jax
   return y.astype(x.dtype)
 
 
+def _dx_kernel_first(dy_shape, w_shape) -> bool:
+  """`input_grad`'s choice of `_input_grad_kernel_first`: a spatial kernel with at least
+  KERNEL_FIRST times as many elements as dy and dx together."""
+  kh, kw, c, o = w_shape
+  n, h, w = dy_shape[:3]
+  return kh * kw > 1 and kh * kw * c * o >= KERNEL_FIRST * n * h * w * (c + o)
+
+
+def _input_grad_kernel_first(dy: jax.Array, w: jax.Array, padding: Padding) -> jax.Array:
+  """dx of conv_xla(x, w, padding) with the kernel as the matmul's left side, in the layout
+  it is stored in: Z^T = W[kh*kw*C, O] @ dy^T [O, N*Ho*Wo] (float32 sums), then dx^T, padded,
+  is the sum over taps (i, j) of Z^T's tap rows placed at offset (i, j), cropped by the
+  padding and transposed back. Only dy and dx are transposed, never the kernel, where
+  those are the small side (the deep 4x4 and 8x8 layers at 128x128)."""
+  kh, kw, c, o = w.shape
+  n, ho, wo, _ = dy.shape
+  (pt, pb), (pl, pr) = padding
+  zt = jnp.einsum("ko,op->kp", w.reshape(kh * kw * c, o), _flat(dy).T,
+                  preferred_element_type=jnp.float32).reshape(kh * kw, c, n, ho, wo)
+  hp, wp = ho + kh - 1, wo + kw - 1   # x's padded size
+  dxt = sum(jnp.pad(zt[i * kw + j], ((0, 0), (0, 0), (i, kh - 1 - i), (j, kw - 1 - j)))
+            for i in range(kh) for j in range(kw))
+  return jnp.transpose(dxt[:, :, pt:hp - pb, pl:wp - pr], (1, 2, 3, 0)).astype(dy.dtype)
+
+
 def _dx_flips_activations(dy_shape, w_shape) -> bool:
   """`input_grad`'s choice: flip dy and dx (True) or, as XLA's autodiff, the kernel."""
   kh, kw, c, o = w_shape
@@ -134,8 +168,9 @@ def input_grad(dy: jax.Array, w: jax.Array, padding: Padding, x_shape,
   narrow: 'taps' of dy with the kernel flipped and transposed. Where the kernel is the
   larger: the correlation of dy, padded by k - 1 - p, with the kernel flipped and
   transposed, computed as flip(correlation of flip(dy), padded the other way round, with
-  the kernel transposed: `wt`, w with in and out swapped, if the caller has it).
-  Elsewhere XLA's autodiff."""
+  the kernel transposed: `wt`, w with in and out swapped, if the caller has it), or,
+  where it is KERNEL_FIRST times larger, `_input_grad_kernel_first` (no transposed
+  kernel; `wt` unused). Elsewhere XLA's autodiff."""
   kh, kw, c, _ = w.shape
   (pt, pb), (pl, pr) = padding
   dx_pad = ((kh - 1 - pt, kh - 1 - pb), (kw - 1 - pl, kw - 1 - pr))
@@ -143,6 +178,8 @@ def input_grad(dy: jax.Array, w: jax.Array, padding: Padding, x_shape,
     # The correlation of dy padded by k - 1 - p with the flipped, transposed kernel (C
     # output channels), as 'taps': 14 against 38 ms for D's RGB layer at 32x32, batch 64.
     return conv_taps(dy, jnp.swapaxes(jnp.flip(w, (0, 1)), 2, 3), dx_pad)
+  if _dx_kernel_first(dy.shape, w.shape):
+    return _input_grad_kernel_first(dy, w, padding)
   if not _dx_flips_activations(dy.shape, w.shape):
     x = jnp.zeros(x_shape, dy.dtype)
     return jax.vjp(lambda x_: conv_xla(x_, w, padding), x)[1](dy)[0]
