@@ -130,6 +130,48 @@ def test_sn_conv_gradients_match_xla_through_spectral_norm(impl):
                                atol=1e-5 * float(jnp.abs(b).max()))
 
 
+@pytest.mark.parametrize("resample", [None, "up", "down"])
+def test_sn_conv_dividing_its_output_equals_dividing_its_kernel(resample):
+  """Few pixels, a large kernel (conv_tune.divides_output): y = conv(x, W) / sigma, not
+  conv(x, W / sigma). The same outputs, gradients (sigma's included) and SN state as the
+  'xla' reference, and no kernel-sized division left in the program."""
+  x = jnp.asarray(np.random.default_rng(3).standard_normal((2, 2, 2, 48)), jnp.float32)
+  assert conv_tune.divides_output("auto", x.shape, (3, 3, 48, 16), resample)
+  assert not conv_tune.divides_output("xla", x.shape, (3, 3, 48, 16), resample)
+  ref_mod, mod = layers.SNConv(16, 3, conv_impl="xla"), layers.SNConv(16, 3, conv_impl="auto")
+  v = ref_mod.init(jax.random.PRNGKey(1), x, update_sn=False)
+
+  def loss(params, x, m):
+    y, state = m.apply({**v, "params": params}, x, update_sn=True, resample=resample,
+                       mutable=["spectral"])
+    return jnp.sum(jnp.sin(y)), (y, state)
+
+  (_, (y_ref, s_ref)), g_ref = jax.value_and_grad(loss, (0, 1), has_aux=True)(
+      v["params"], x, ref_mod)
+  (_, (y, s)), g = jax.value_and_grad(loss, (0, 1), has_aux=True)(v["params"], x, mod)
+  for a, b in zip(jax.tree.leaves((y, g, s)), jax.tree.leaves((y_ref, g_ref, s_ref))):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5,
+                               atol=1e-5 * float(jnp.abs(b).max()))
+  kernel = v["params"]["kernel"]
+  for m, divided in ((ref_mod, True), (mod, False)):
+    jaxpr = jax.make_jaxpr(lambda p: loss(p, x, m)[0])(v["params"]).jaxpr
+    kernel_divs = [e for e in jaxpr.eqns if e.primitive.name == "div"
+                   and e.outvars[0].aval.shape == kernel.shape]
+    assert bool(kernel_divs) == divided
+
+
+def test_divides_output_only_where_the_kernel_dwarfs_the_output_map():
+  # the 128x128 model's deep layers (D at batch 16, G at batch 8)
+  assert conv_tune.divides_output("auto", (16, 4, 4, 1024), (3, 3, 1024, 1024))
+  assert conv_tune.divides_output("auto", (16, 8, 8, 1024), (3, 3, 1024, 1024), "down")
+  assert conv_tune.divides_output("auto", (8, 4, 4, 1024), (3, 3, 1024, 1024), "up")
+  assert not conv_tune.divides_output("auto", (16, 8, 8, 512), (3, 3, 512, 1024))
+  assert not conv_tune.divides_output("auto", (8, 8, 8, 1024), (3, 3, 1024, 512), "up")
+  # the digits default and the 32x32 model: none
+  assert not conv_tune.divides_output("auto", (32, 4, 4, 64), (3, 3, 64, 64))
+  assert not conv_tune.divides_output("auto", (64, 8, 8, 128), (3, 3, 128, 128))
+
+
 @pytest.mark.parametrize("impl", conv.IMPLS)
 @pytest.mark.parametrize("resample", ["up", "down"])
 @pytest.mark.parametrize("k", [1, 3])

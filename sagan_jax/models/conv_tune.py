@@ -44,6 +44,7 @@ _MAX_FLOPS = 4e9    # above this, timing 4 candidates would cost seconds: use th
 _ROUNDS = 5         # alternating timed rounds per candidate
 _MARGIN = 0.9       # a candidate must take < 90% of XLA's time to replace it
 _DOWN_MIN_PIXELS = 1024  # 'auto'/'tune': a downsampling conv on fewer input pixels stays literal
+_DIVIDE_OUTPUT = 8  # kernel / output-map elements from which SN divides the conv's output
 _CACHE_FILE = "conv_impl.json"
 # model.conv_impl: a rule per shape ('auto'), timed per shape ('tune'), or one implementation.
 CHOICES = ("auto", "tune") + conv.IMPLS
@@ -204,6 +205,24 @@ def fuses_resampling(impl: str, resample: str | None = None, x_shape=None) -> bo
     return False
   return not (resample == "down" and x_shape is not None
               and x_shape[0] * x_shape[1] * x_shape[2] < _DOWN_MIN_PIXELS)
+
+
+def divides_output(impl: str, x_shape, w_shape, resample: str | None = None) -> bool:
+  """Whether an SN conv divides its output by sigma instead of its kernel (the same
+  function): where the kernel has `_DIVIDE_OUTPUT` times the elements of one output channel
+  map or more (the deep 4x4 and 8x8 layers at 128x128: a 3x3x1024x1024 kernel is 36 MB,
+  their outputs 0.5-2 MB), on CPU with 'auto'/'tune' or any rewrite implementation; the
+  'xla' reference keeps W / sigma. XLA:CPU wrote each W / sigma out as its own pass over
+  the kernel (15 ms for 3x3x1024x1024, 2-core Intel Xeon)."""
+  if impl == "xla" or (impl in ("auto", "tune") and jax.default_backend() != "cpu"):
+    return False
+  n, h, w = x_shape[:3]
+  if resample == "up":
+    h, w = 2 * h, 2 * w
+  elif resample == "down":
+    h, w = h // 2, w // 2
+  kh, kw, c, _ = w_shape
+  return kh * kw * c >= _DIVIDE_OUTPUT * n * h * w
 
 
 def resolve(impl: str, x_shape, w_shape, dtype) -> str:

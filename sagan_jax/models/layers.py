@@ -83,7 +83,8 @@ def as_matrix(kernel: jax.Array) -> jax.Array:
 
 
 class SpectralNorm(nn.Module):
-  """Divides a kernel by its power-iteration spectral norm.
+  """Divides a kernel by its power-iteration spectral norm (`sigma` alone: for a caller
+  that divides its output instead, as SNConv does where the kernel dwarfs its output).
 
   Owns `u` [out] and `sigma` in the `spectral` collection. With
   `update=True` it runs one power iteration and stores the new u and sigma;
@@ -95,8 +96,13 @@ class SpectralNorm(nn.Module):
   init_iters: int = 10
   transpose: bool = False  # True for embeddings: table [classes, features] -> W = table
 
-  @nn.compact
   def __call__(self, kernel: jax.Array, update: bool) -> jax.Array:
+    return kernel / self.sigma(kernel, update).astype(kernel.dtype)
+
+  @nn.compact
+  def sigma(self, kernel: jax.Array, update: bool) -> jax.Array:
+    """The kernel's spectral norm estimate (float32 scalar, gradient through the kernel),
+    after one power iteration if `update`, for a caller that divides its output by it."""
     w_mat = kernel if self.transpose else as_matrix(kernel)
 
     def init_u():
@@ -115,7 +121,7 @@ class SpectralNorm(nn.Module):
       sigma_var.value = jax.lax.stop_gradient(sigma)
     if self.is_initializing():
       sigma_var.value = jax.lax.stop_gradient(sigma)
-    return kernel / sigma.astype(kernel.dtype)
+    return sigma
 
 
 class SNConv(nn.Module):
@@ -137,12 +143,19 @@ class SNConv(nn.Module):
     k = self.kernel_size
     kernel = self.param("kernel", kernel_init(self.weight_init),
                         (k, k, x.shape[-1], self.features), jnp.float32)
+    sigma = None
     if self.use_sn:
-      kernel = SpectralNorm(self.sn_eps, self.sn_init_iters, name="sn")(kernel, update_sn)
+      sn = SpectralNorm(self.sn_eps, self.sn_init_iters, name="sn")
+      if conv_tune.divides_output(self.conv_impl, x.shape, kernel.shape, resample):
+        sigma = sn.sigma(kernel, update_sn)   # y = conv(x, W) / sigma: no W / sigma pass
+      else:
+        kernel = sn(kernel, update_sn)
     choose = functools.partial(conv_tune.resolve, self.conv_impl, dtype=self.dtype)
     y = resampling.resampled_conv(
         x.astype(self.dtype), kernel.astype(self.dtype), choose, resample,
         fuse=conv_tune.fuses_resampling(self.conv_impl, resample, x.shape))
+    if sigma is not None:
+      y = y / sigma.astype(self.dtype)
     if self.use_bias:
       bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
       y = y + bias.astype(self.dtype)
