@@ -130,15 +130,16 @@ def test_sn_conv_gradients_match_xla_through_spectral_norm(impl):
                                atol=1e-5 * float(jnp.abs(b).max()))
 
 
+@pytest.mark.parametrize("k", [1, 3])
 @pytest.mark.parametrize("resample", [None, "up", "down"])
-def test_sn_conv_dividing_its_output_equals_dividing_its_kernel(resample):
+def test_sn_conv_dividing_its_output_equals_dividing_its_kernel(resample, k):
   """Few pixels, a large kernel (conv_tune.divides_output): y = conv(x, W) / sigma, not
   conv(x, W / sigma). The same outputs, gradients (sigma's included) and SN state as the
   'xla' reference, and no kernel-sized division left in the program."""
-  x = jnp.asarray(np.random.default_rng(3).standard_normal((2, 2, 2, 48)), jnp.float32)
-  assert conv_tune.divides_output("auto", x.shape, (3, 3, 48, 16), resample)
-  assert not conv_tune.divides_output("xla", x.shape, (3, 3, 48, 16), resample)
-  ref_mod, mod = layers.SNConv(16, 3, conv_impl="xla"), layers.SNConv(16, 3, conv_impl="auto")
+  x = jnp.asarray(np.random.default_rng(3).standard_normal((2, 2, 2, 80)), jnp.float32)
+  assert conv_tune.divides_output("auto", x.shape, (k, k, 80, 16), resample)
+  assert not conv_tune.divides_output("xla", x.shape, (k, k, 80, 16), resample)
+  ref_mod, mod = layers.SNConv(16, k, conv_impl="xla"), layers.SNConv(16, k, conv_impl="auto")
   v = ref_mod.init(jax.random.PRNGKey(1), x, update_sn=False)
 
   def loss(params, x, m):
@@ -165,9 +166,10 @@ def test_divides_output_only_where_the_kernel_dwarfs_the_output_map():
   assert conv_tune.divides_output("auto", (16, 4, 4, 1024), (3, 3, 1024, 1024))
   assert conv_tune.divides_output("auto", (16, 8, 8, 1024), (3, 3, 1024, 1024), "down")
   assert conv_tune.divides_output("auto", (8, 4, 4, 1024), (3, 3, 1024, 1024), "up")
-  assert not conv_tune.divides_output("auto", (16, 8, 8, 512), (3, 3, 512, 1024))
-  assert not conv_tune.divides_output("auto", (8, 8, 8, 1024), (3, 3, 1024, 512), "up")
-  # the digits default and the 32x32 model: none
+  assert conv_tune.divides_output("auto", (16, 8, 8, 512), (3, 3, 512, 1024))     # 4.5x
+  assert conv_tune.divides_output("auto", (8, 4, 4, 1024), (1, 1, 1024, 1024), "up")  # 2x
+  assert not conv_tune.divides_output("auto", (16, 32, 32, 256), (3, 3, 256, 256), "down")
+  # the digits default and the 32x32 model: none (the digits' largest ratio is 1.1x)
   assert not conv_tune.divides_output("auto", (32, 4, 4, 64), (3, 3, 64, 64))
   assert not conv_tune.divides_output("auto", (64, 8, 8, 128), (3, 3, 128, 128))
 

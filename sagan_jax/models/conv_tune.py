@@ -44,7 +44,7 @@ _MAX_FLOPS = 4e9    # above this, timing 4 candidates would cost seconds: use th
 _ROUNDS = 5         # alternating timed rounds per candidate
 _MARGIN = 0.9       # a candidate must take < 90% of XLA's time to replace it
 _DOWN_MIN_PIXELS = 1024  # 'auto'/'tune': a downsampling conv on fewer input pixels stays literal
-_DIVIDE_OUTPUT = 8  # kernel / output-map elements from which SN divides the conv's output
+_DIVIDE_OUTPUT = 2  # kernel / output-map elements from which SN divides the conv's output
 _CACHE_FILE = "conv_impl.json"
 # model.conv_impl: a rule per shape ('auto'), timed per shape ('tune'), or one implementation.
 CHOICES = ("auto", "tune") + conv.IMPLS
@@ -210,10 +210,12 @@ def fuses_resampling(impl: str, resample: str | None = None, x_shape=None) -> bo
 def divides_output(impl: str, x_shape, w_shape, resample: str | None = None) -> bool:
   """Whether an SN conv divides its output by sigma instead of its kernel (the same
   function): where the kernel has `_DIVIDE_OUTPUT` times the elements of one output channel
-  map or more (the deep 4x4 and 8x8 layers at 128x128: a 3x3x1024x1024 kernel is 36 MB,
-  their outputs 0.5-2 MB), on CPU with 'auto'/'tune' or any rewrite implementation; the
-  'xla' reference keeps W / sigma. XLA:CPU wrote each W / sigma out as its own pass over
-  the kernel (15 ms for 3x3x1024x1024, 2-core Intel Xeon)."""
+  map or more (the 4x4 to 16x16 layers at 128x128: a 3x3x1024x1024 kernel is 36 MB, their
+  outputs 0.5-2 MB; none in the digits or 32x32 models), on CPU with 'auto'/'tune' or any
+  rewrite implementation; the 'xla' reference keeps W / sigma. XLA:CPU wrote each W / sigma
+  out as its own pass over the kernel (15 ms for 3x3x1024x1024, 2-core Intel Xeon), where
+  the division of the output joins the bias add's pass. The 128px step (jax 0.10.2, old and
+  new alternated in one process): 4.68 -> 4.46 s from 8x, 4.64 -> 4.56 s more from 2x."""
   if impl == "xla" or (impl in ("auto", "tune") and jax.default_backend() != "cpu"):
     return False
   n, h, w = x_shape[:3]
