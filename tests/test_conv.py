@@ -203,18 +203,34 @@ _FLIP_CASES = [((2, 3, 5, 24), (3, 3, 16, 24), ((1, 1), (1, 1))),
                ((1, 2, 2, 8), (3, 1, 32, 8), ((1, 1), (0, 0)))]
 
 
+def _input_grad_inputs(dy_shape, w_shape, padding, seed):
+  """x, w, dy (float32, standard normal) for an input-gradient case; x's shape follows from
+  dy's, the kernel's and the padding."""
+  rng = np.random.default_rng(seed)
+  kh, kw, c, _ = w_shape
+  (pt, pb), (pl, pr) = padding
+  x_shape = (dy_shape[0], dy_shape[1] + kh - 1 - pt - pb, dy_shape[2] + kw - 1 - pl - pr, c)
+  return [rng.standard_normal(s).astype(np.float32) for s in (x_shape, w_shape, dy_shape)]
+
+
+def _numpy_input_grad(dy, w, padding, x_shape):
+  """dx in float64: dx[n, r + i - pt, s + j - pl, c] += dy[n, r, s, :] . w[i, j, c, :]."""
+  kh, kw = w.shape[:2]
+  (pt, pb), (pl, pr) = padding
+  dx = np.zeros((x_shape[0], x_shape[1] + pt + pb, x_shape[2] + pl + pr, x_shape[3]))
+  for i in range(kh):
+    for j in range(kw):
+      dx[:, i:i + dy.shape[1], j:j + dy.shape[2]] += dy.astype(np.float64) @ w[i, j].T
+  return dx[:, pt:pt + x_shape[1], pl:pl + x_shape[2]]
+
+
 @pytest.mark.parametrize("dy_shape,w_shape,padding", _FLIP_CASES)
 def test_input_grad_flipping_the_activations_equals_autodiff(dy_shape, w_shape, padding):
   """`conv.input_grad` where it flips dy and dx instead of the kernel (kernel larger than
   dy and dx): XLA's autodiff input gradient, for any kernel shape and padding."""
   assert conv._dx_flips_activations(dy_shape, w_shape)
-  rng = np.random.default_rng(11)
-  kh, kw, c, _ = w_shape
-  (pt, pb), (pl, pr) = padding
-  x_shape = (dy_shape[0], dy_shape[1] + kh - 1 - pt - pb, dy_shape[2] + kw - 1 - pl - pr, c)
-  x = rng.standard_normal(x_shape).astype(np.float32)
-  w = rng.standard_normal(w_shape).astype(np.float32)
-  dy = rng.standard_normal(dy_shape).astype(np.float32)
+  x, w, dy = _input_grad_inputs(dy_shape, w_shape, padding, seed=11)
+  x_shape = x.shape
   ref = jax.vjp(lambda x_: conv.conv_xla(x_, w, padding), x)[1](dy)[0]
   got = jax.jit(conv.input_grad, static_argnums=(2, 3))(dy, w, padding, x_shape)
   assert got.shape == x_shape
@@ -250,13 +266,7 @@ def test_input_grad_of_a_narrow_input_equals_autodiff(x_shape, w_shape, padding)
   got = jax.jit(conv.input_grad, static_argnums=(2, 3))(dy, w, padding, x_shape)
   jaxpr = str(jax.make_jaxpr(conv.input_grad, static_argnums=(2, 3))(dy, w, padding, x_shape))
   assert "conv_general_dilated" not in jaxpr and "dot_general" in jaxpr  # the matmul path
-  # numpy: dx[n, r + i - pt, s + j - pl, c] += dy[n, r, s, :] . w[i, j, c, :]
-  ref_np = np.zeros((x_shape[0], x_shape[1] + pt + pb, x_shape[2] + pl + pr, x_shape[3]))
-  for i in range(kh):
-    for j in range(kw):
-      ref_np[:, i:i + dy_shape[1], j:j + dy_shape[2]] += dy.astype(np.float64) @ w[i, j].T
-  ref_np = ref_np[:, pt:pt + x_shape[1], pl:pl + x_shape[2]]
-  for r in (ref, ref_np):
+  for r in (ref, _numpy_input_grad(dy, w, padding, x_shape)):
     np.testing.assert_allclose(np.asarray(got), np.asarray(r), rtol=1e-5,
                                atol=1e-5 * float(np.abs(r).max()))
 
@@ -274,24 +284,14 @@ def test_input_grad_kernel_first_equals_autodiff_and_numpy(dy_shape, w_shape, pa
   stored, then shifted sums): XLA's autodiff input gradient and numpy's, in float32, and
   in bfloat16 to bfloat16 rounding."""
   assert conv._dx_kernel_first(dy_shape, w_shape)
-  rng = np.random.default_rng(13)
-  kh, kw, c, _ = w_shape
-  (pt, pb), (pl, pr) = padding
-  x_shape = (dy_shape[0], dy_shape[1] + kh - 1 - pt - pb, dy_shape[2] + kw - 1 - pl - pr, c)
-  x = rng.standard_normal(x_shape).astype(np.float32)
-  w = rng.standard_normal(w_shape).astype(np.float32)
-  dy = rng.standard_normal(dy_shape).astype(np.float32)
+  x, w, dy = _input_grad_inputs(dy_shape, w_shape, padding, seed=13)
+  x_shape = x.shape
   grad = jax.jit(conv.input_grad, static_argnums=(2, 3))
   got = grad(dy, w, padding, x_shape)
   jaxpr = str(jax.make_jaxpr(conv.input_grad, static_argnums=(2, 3))(dy, w, padding, x_shape))
   assert "conv_general_dilated" not in jaxpr and "dot_general" in jaxpr  # the matmul path
   ref = jax.vjp(lambda x_: conv.conv_xla(x_, w, padding), x)[1](dy)[0]
-  # numpy: dx[n, r + i - pt, s + j - pl, c] += dy[n, r, s, :] . w[i, j, c, :]
-  ref_np = np.zeros((x_shape[0], x_shape[1] + pt + pb, x_shape[2] + pl + pr, c))
-  for i in range(kh):
-    for j in range(kw):
-      ref_np[:, i:i + dy_shape[1], j:j + dy_shape[2]] += dy.astype(np.float64) @ w[i, j].T
-  ref_np = ref_np[:, pt:pt + x_shape[1], pl:pl + x_shape[2]]
+  ref_np = _numpy_input_grad(dy, w, padding, x_shape)
   assert got.shape == x_shape and got.dtype == jnp.float32
   for r in (ref, ref_np):
     np.testing.assert_allclose(np.asarray(got), np.asarray(r), rtol=1e-5,
