@@ -233,13 +233,15 @@ def _dw_shift(x, dy, w_shape, padding):
   n, ho, wo, _ = dy.shape
   g = batch_groups(n)
   xp = jnp.pad(x, ((0, 0),) + tuple(padding) + ((0, 0),))
-  xp = xp.reshape((g, n // g) + xp.shape[1:])
   # dy transposed once, [g, O, pixels]: each tap's product is then a plain matmul
   # (dy^T @ view), 10-25% faster on XLA:CPU than contracting both over their rows.
   dyt = jnp.swapaxes(dy.reshape(g, (n // g) * ho * wo, o), 1, 2)
 
   def tap(t):
-    view = jax.lax.dynamic_slice(xp, (0, 0, t // kw, t % kw, 0), (g, n // g, ho, wo, c))
+    # xp enters the loop in its own shape, split into groups in here: reshaped outside,
+    # XLA wrote a second copy of a space-to-depth x (`resampling._conv_down`) for the loop
+    xg = xp.reshape((g, n // g) + xp.shape[1:])
+    view = jax.lax.dynamic_slice(xg, (0, 0, t // kw, t % kw, 0), (g, n // g, ho, wo, c))
     return jnp.einsum("gop,gpc->goc", dyt, view.reshape(g, -1, c))
 
   dw_t = loops.map(tap, jnp.arange(kh * kw)).sum(axis=1)          # [kh*kw, O, C]
@@ -269,13 +271,13 @@ def _dw_blocked(x, dy, w_shape, padding):
   # dy on x's padded grid, zeros past its last row and column: its last `halo` rows are all
   # zeros, so the m - halo rows before them pair with x's m rows exactly, no padding past x.
   m = (n // g) * hp * wp - halo
-  xr = xp.reshape(g, -1, c)
   dyt = jnp.pad(dy, ((0, 0), (0, hp - ho), (0, wp - wo), (0, 0))).reshape(g, -1, o)
   dyt = jnp.swapaxes(dyt[:, :m], 1, 2)                                    # [g, O, m]
   rows = min(block_rows(kh, kw, c), m)
   nb, tail = divmod(m, rows)
 
   def block(start, length):
+    xr = xp.reshape(g, -1, c)   # in here, as in `_dw_shift`: one copy of x, not two
     xb = jax.lax.dynamic_slice_in_dim(xr, start, length + halo, axis=1)
     cols = jnp.concatenate([xb[:, s:s + length] for s in offsets], axis=2)
     db = jax.lax.dynamic_slice_in_dim(dyt, start, length, axis=2)
