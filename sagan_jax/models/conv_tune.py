@@ -186,6 +186,12 @@ def _pick(times: dict[str, float]) -> str:
   return fastest
 
 
+def _rewrites_on(impl: str) -> bool:
+  """Whether the CPU path's exact rewrites around convs apply: for every implementation but
+  the 'xla' reference, and for 'auto'/'tune' only on CPU (accelerators run plain XLA)."""
+  return impl != "xla" and (impl not in ("auto", "tune") or jax.default_backend() == "cpu")
+
+
 def fuses_resampling(impl: str, resample: str | None = None, x_shape=None) -> bool:
   """Whether convs next to up/downsampling use `resampling.resampled_conv`'s exact rewrites: on
   CPU for every implementation but the 'xla' reference (accelerators run the literal form).
@@ -197,12 +203,10 @@ def fuses_resampling(impl: str, resample: str | None = None, x_shape=None) -> bo
   literal against 477 ms fused; 16x16, 512 channels, 155 against 160 (kept fused); 32x32
   and up, the rewrite wins by 10-30%. Upsampling's rewrite was faster at every 128px G
   shape (4x4 to 64x64 inputs, 1.2-2.3x)."""
-  if impl == "xla":
+  if not _rewrites_on(impl):
     return False
   if impl not in ("auto", "tune"):
     return True
-  if jax.default_backend() != "cpu":
-    return False
   return not (resample == "down" and x_shape is not None
               and x_shape[0] * x_shape[1] * x_shape[2] < _DOWN_MIN_PIXELS)
 
@@ -216,7 +220,7 @@ def divides_output(impl: str, x_shape, w_shape, resample: str | None = None) -> 
   out as its own pass over the kernel (15 ms for 3x3x1024x1024, 2-core Intel Xeon), where
   the division of the output joins the bias add's pass. The 128px step (jax 0.10.2, old and
   new alternated in one process): 4.68 -> 4.46 s from 8x, 4.64 -> 4.56 s more from 2x."""
-  if impl == "xla" or (impl in ("auto", "tune") and jax.default_backend() != "cpu"):
+  if not _rewrites_on(impl):
     return False
   n, h, w = x_shape[:3]
   if resample == "up":
