@@ -123,9 +123,9 @@ def bench_config(path: str, overrides: list[str], steps: int, warmup: int) -> di
   compiled = step_fn.lower(state, b, rng).compile()   # the compile time alone
   compile_s = time.perf_counter() - t
   utils.release_freed_memory()   # the compiler's memory, before the first step's peak
-  # XLA's count of one device's program (its loops unrolled: describe.counted_flops), global
+  # XLA's count of the whole step, all devices (its loops unrolled: describe.counted_flops)
   flops = counted_flops(lambda: train.make_train_step(models, config, mesh).lower(
-      state, b, rng), compiled) * mesh.devices.size
+      state, b, rng), compiled, devices=mesh.devices.size)
   del compiled
   for _ in range(warmup):
     state, metrics = step_fn(state, batch(), rng)

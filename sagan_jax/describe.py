@@ -61,10 +61,10 @@ def compile_step(config, models, state, mesh, batch: int):
 
 
 def step_flops(config, models, state, mesh, batch: int) -> float:
-  """FLOPs of one train step on one device (`counted_flops`)."""
+  """FLOPs of one train step of `batch` global images, all devices together (`counted_flops`)."""
   from sagan_jax import train
   return counted_flops(lambda: train.make_train_step(models, config, mesh).lower(
-      state, *_step_args(config, mesh, batch)))
+      state, *_step_args(config, mesh, batch)), devices=mesh.devices.size)
 
 
 def g_forward_flops(config, models, state, batch: int) -> float:
@@ -77,24 +77,27 @@ def g_forward_flops(config, models, state, batch: int) -> float:
   return counted_flops(lambda: sampling.jitted_generate(models.generator).lower(state.g, z, y))
 
 
-def counted_flops(lower, compiled=None) -> float:
-  """XLA's FLOP count of the program `lower()` returns (a `Lowered`; it must jit a fresh
-  function), traced with models/loops.py's loops unrolled: a loop's body counts once in
-  XLA's cost analysis, so the loops' programs would under-report their arithmetic. The
-  count is of the program before XLA's optimisation passes (within ~1% of the compiled
-  program's, which can add or fold a few operations). Where the backend has no such
+def counted_flops(lower, compiled=None, devices: int = 1) -> float:
+  """XLA's FLOP count of the whole program `lower()` returns (a `Lowered`; it must jit a fresh
+  function) over all its devices, traced with models/loops.py's loops unrolled: a loop's
+  body counts once in XLA's cost analysis, so the loops' programs would under-report their
+  arithmetic. The count is of the program before XLA's optimisation passes (within ~1% of the
+  compiled program's, which can add or fold a few operations); for a jit over a mesh that is
+  the global program, before it is split across the devices. Where the backend has no such
   analysis before compiling (jax 0.11's GPU backend returns None), it is the compiled
   program's: `compiled`, if given (the same program already compiled; the loops run on CPUs
-  only, so nothing is rolled there), else `lower()` compiled."""
+  only, so nothing is rolled there), else `lower()` compiled. A compiled program is one
+  device's share, so that count is multiplied by `devices` (the mesh's size)."""
   from sagan_jax.models import loops
+  scale = 1
   with loops.unrolled():
     lowered = lower()
     cost = lowered.cost_analysis()
     if cost is None:
-      cost = (compiled or lowered.compile()).cost_analysis()
+      cost, scale = (compiled or lowered.compile()).cost_analysis(), devices
   if isinstance(cost, (list, tuple)):
     cost = cost[0]
-  return float((cost or {}).get("flops", 0.0))
+  return float((cost or {}).get("flops", 0.0)) * scale
 
 
 def describe(config, batch: int | None = None, mesh_size: int = 0,
@@ -129,8 +132,7 @@ def describe(config, batch: int | None = None, mesh_size: int = 0,
     batch = batch or config.batch_size
     parallel.check_batch_size(batch, mesh)
     compiled = compile_step(config, models, state, mesh, batch)
-    # cost_analysis counts one device's program: scale to the global batch.
-    flops = step_flops(config, models, state, mesh, batch) * n_dev
+    flops = step_flops(config, models, state, mesh, batch)
     info.update({
         "batch_size": batch,
         "devices": n_dev,

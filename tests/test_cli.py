@@ -145,8 +145,14 @@ def test_describe_prints_paper_parameter_counts(config, g, d):
 
 
 def test_describe_reports_flops_and_memory():
-  p = run("sagan_jax.describe", "--config", "configs/tiny.py", "--mesh", "2")
-  info = json.loads(p.stdout.strip().splitlines()[-1])
-  assert info["devices"] == 2
-  assert info["train_gflops_per_image"] > 3 * info["g_forward_gflops_per_image"] > 0
-  assert info["per_device_memory_gib"] > 0
+  """The step's FLOPs are the whole batch's whatever the device split (the same global
+  batch on 1 or 2 devices is the same arithmetic); memory is per device."""
+  info = {}
+  for mesh in (1, 2):
+    p = run("sagan_jax.describe", "--config", "configs/tiny.py", "--mesh", str(mesh))
+    info[mesh] = json.loads(p.stdout.strip().splitlines()[-1])
+    assert info[mesh]["devices"] == mesh
+    assert info[mesh]["train_gflops_per_image"] > 3 * info[mesh]["g_forward_gflops_per_image"] > 0
+    assert info[mesh]["per_device_memory_gib"] > 0
+  assert info[2]["train_gflops_per_iteration"] == pytest.approx(
+      info[1]["train_gflops_per_iteration"], rel=0.01)
