@@ -1,6 +1,7 @@
 """Convolution implementations against lax.conv and numpy; 'auto' and 'tune' selection."""
 
 import json
+import re
 
 import jax
 import jax.numpy as jnp
@@ -374,6 +375,61 @@ def test_resampling_reference_matches_numpy():
   pooled = y.reshape(2, 2, 2, 3, 2, 4).mean(axis=(2, 4))
   np.testing.assert_allclose(np.asarray(resampling.resampled_conv(x, w, lambda *_: "xla", "down")),
                              pooled, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(2, 6, 4, 3), (1, 5, 7, 2)])
+def test_avg_pool2_values_and_gradient_against_numpy(shape):
+  """2x2 average pooling against numpy's block mean (an odd last row or column dropped, as
+  `nn.avg_pool` does), and its gradient: a quarter of each window's cotangent on each of
+  its four inputs, zero on a dropped row or column."""
+  rng = np.random.default_rng(11)
+  x = rng.standard_normal(shape).astype(np.float32)
+  n, h, w, c = shape
+  hh, wh = h // 2, w // 2
+  ref = x[:, :2 * hh, :2 * wh].astype(np.float64).reshape(n, hh, 2, wh, 2, c).mean(axis=(2, 4))
+  y, vjp = jax.vjp(resampling.avg_pool2, jnp.asarray(x))
+  np.testing.assert_allclose(np.asarray(y), ref, rtol=1e-6, atol=1e-7)
+  dy = rng.standard_normal(ref.shape).astype(np.float32)
+  want = np.zeros(shape)
+  want[:, :2 * hh, :2 * wh] = np.repeat(np.repeat(dy / 4, 2, axis=1), 2, axis=2)
+  np.testing.assert_allclose(np.asarray(vjp(jnp.asarray(dy))[0]), want, rtol=1e-6, atol=1e-7)
+
+
+def _ynn_fused_convolutions(hlo: str) -> int:
+  """How many convolutions of a compiled CPU program sit inside YNNPACK fusions."""
+  bodies = dict(re.findall(r"\n%([\w.\-]+) \([^\n]*\{\n(.*?)\n\}", hlo, re.S))
+  return sum(bodies.get(called, "").count(" convolution(") for called in re.findall(
+      r'calls=%([\w.\-]+)[^\n]*"kind":"__ynn_fusion"', hlo))
+
+
+def test_pooled_shortcut_keeps_the_conv_out_of_ynnpacks_fusions(monkeypatch):
+  """D's downsampling block as the G update runs it (forward and input gradient, float32
+  with the train step's XLA options): with its shortcut pooled by a `reduce_window`,
+  XLA:CPU (jaxlib 0.10.2 and 0.12.1) put the block's fused conv+pool into a YNNPACK fusion
+  with the reduction, where it ran at a third of XLA's speed; with `avg_pool2`'s slices
+  it stays out. Skipped where even the reduce_window form fuses no convolution (another
+  XLA, or no YNNPACK)."""
+  from flax import linen as nn
+  from sagan_jax import xla_flags
+  rng = np.random.default_rng(12)
+  x = jnp.asarray(rng.standard_normal((4, 16, 16, 32)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((3, 3, 32, 32)), jnp.float32) * 0.1
+  wsc = jnp.asarray(rng.standard_normal((32, 32)), jnp.float32) * 0.1
+
+  def program():
+    def block(x):
+      h = resampling.resampled_conv(jax.nn.relu(x), w, lambda xs, ws: "xla_dw", "down")
+      y = h + resampling.avg_pool2(x) @ wsc
+      return jnp.sum(jax.nn.relu(y) * y)   # the next block needs the block's output
+    return jax.jit(jax.grad(block), compiler_options=xla_flags.compiler_options("float32")
+                   ).lower(x).compile().as_text()
+
+  now = _ynn_fused_convolutions(program())
+  monkeypatch.setattr(resampling, "avg_pool2", lambda x: nn.avg_pool(x, (2, 2), (2, 2)))
+  before = _ynn_fused_convolutions(program())
+  if before == 0:
+    pytest.skip("this XLA fuses no convolution into YNNPACK's reductions")
+  assert now == 0
 
 
 def test_unknown_impl_and_bad_kernel_are_refused():
