@@ -1,5 +1,7 @@
 """Layers against independent numpy references (SVD, plain attention, plain BN)."""
 
+import re
+
 import flax.linen
 import jax
 import jax.numpy as jnp
@@ -269,19 +271,35 @@ def test_attention_in_query_chunks_equals_all_at_once_in_values_and_gradients(ba
                    for s in ((2, 64, 4), (2, 16, 4), (2, 16, 8)))
 
   def loss(args, rows, backward):
-    o = attention.attend_in_chunks(*args, rows=rows, backward=backward)
+    # 'written' runs a pass nothing differentiates in chunks of its own (here 32 queries)
+    o = attention.attend_in_chunks(*args, rows=rows, backward=backward, forward_rows=32)
     return jnp.sum(jnp.sin(o.astype(jnp.float32)))
 
   grad = jax.jit(jax.value_and_grad(loss), static_argnums=(1, 2))
   ref = grad((theta, phi, g), 64, backward)    # one chunk: the plain einsums
   args = jax.tree.map(lambda a: a.astype(dtype), (theta, phi, g))
   got = grad(args, 16, backward)               # four chunks in a loop
+  value = jax.jit(loss, static_argnums=(1, 2))(args, 16, backward)   # no gradient: 2 chunks
   tol = 1e-5 if dtype == jnp.float32 else 0.05
-  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
+  for a, b in zip(jax.tree.leaves(got) + [value], jax.tree.leaves(ref) + [ref[0]]):
     assert a.dtype == (jnp.float32 if a.ndim == 0 else dtype)
     b = np.asarray(b, np.float64)
     np.testing.assert_allclose(np.asarray(a, np.float64), b, rtol=tol,
                                atol=tol * np.abs(b).max())
+
+
+def test_written_attention_chunks_a_pass_nothing_differentiates_on_its_own():
+  """'written': forward_rows queries per chunk where nothing differentiates the pass (G's
+  forward pass in the D update), rows per chunk in the differentiated forward and backward
+  passes (the loops' lengths in the traced programs)."""
+  t, p, g = jnp.ones((2, 64, 4)), jnp.ones((2, 16, 4)), jnp.ones((2, 16, 8))
+
+  def f(t, p, g):
+    return attention.attend_in_chunks(t, p, g, rows=16, backward="written",
+                                      forward_rows=32).sum()
+
+  assert re.findall(r"length=\d+", str(jax.make_jaxpr(f)(t, p, g))) == ["length=2"]
+  assert re.findall(r"length=\d+", str(jax.make_jaxpr(jax.grad(f))(t, p, g))) == ["length=4"] * 2
 
 
 def test_attention_chunk_backward_follows_jaxlib(monkeypatch):

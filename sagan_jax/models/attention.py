@@ -9,7 +9,7 @@ feature maps, 4096 x 1024 per image and layer), which is where the memory
 of the paper's 'feat64' placement goes.
 
   einsum  the logits and softmax in float32, as written in the paper; on a
-          CPU, for more than QUERY_CHUNK queries, QUERY_CHUNK of them at a time
+          CPU, for more than QUERY_CHUNK queries, that many at a time
           (`attend_in_chunks`: the same numbers, a fraction of the memory)
   xla     jax.nn.dot_product_attention, XLA's implementation (any backend;
           equals 'einsum' within rounding: the test of the padding)
@@ -40,9 +40,20 @@ matmul's rows; transposed back after the loop): as [B, M, C] XLA:CPU ran those t
 matmuls at 7-30 GFLOP/s. Same CPU, plain jit, best of 10: D's 498 -> 389 ms and G's
 280 -> 227 ms on jaxlib 0.10.2; 0.12.1's written 443 -> 468 and 253 -> 240 ms (its
 autodiff 435-445 and 246-255 ms: still the one used there).
+
+The chunks: 1024 queries (a 64x64 map in 4) until 2026-12-07, then smaller ones, timed alone
+(same CPU, best of 5, forward alone / value and all gradients). jaxlib 0.10.2, written: D's
+197 / 293 ms at 1024 queries, 143 / 269 at 512, 68 / 285 at 256; G's 106 / 190, 61 / 178,
+52 / 206: so 512 where the pass is differentiated and `FORWARD_CHUNK` = 256 where nothing
+differentiates it (G's forward pass in the D update; the custom_vjp's undifferentiated
+function chunks on its own). jaxlib 0.12.1, autodiff, gradients: D's 306 -> 230-252 ms, G's
+148 -> 126-130 ms from 1024 to 256 (forward alone 45 -> 48-50 and 32 -> 34-37 ms). The 128px
+step, old and new alternated in one process: 4.71 -> 4.48 s (0.10.2), 4.53 -> 4.46 s (0.12.1).
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -51,7 +62,9 @@ from sagan_jax import xla_flags
 from sagan_jax.models import loops
 
 IMPLS = ("auto", "einsum", "xla", "cudnn")
-QUERY_CHUNK = 1024   # 'einsum': queries per chunk (a 64x64 map's 4096 in 4)
+# 'einsum' on a CPU: queries per chunk, per backward pass (module docstring)
+QUERY_CHUNK = {"autodiff": 256, "written": 512}
+FORWARD_CHUNK = 256   # 'written': queries per chunk of a pass nothing differentiates
 BACKWARDS = ("autodiff", "written")   # attend_in_chunks's (module docstring)
 WRITTEN_BACKWARD_BEFORE_JAXLIB = (0, 11, 0)   # the written one on older jaxlibs
 
@@ -90,23 +103,37 @@ def _chunk_forward(t: jax.Array, phi: jax.Array, g: jax.Array):
   return (o * r).astype(g.dtype), m, r
 
 
-@jax.custom_vjp
-def _chunks_written(chunks: jax.Array, phi: jax.Array, g: jax.Array) -> jax.Array:
-  """o [K, B, rows, Cv] of K query chunks [K, B, rows, d], one at a time; gradients by
-  `_chunks_written_bwd`."""
-  return _chunks_written_fwd(chunks, phi, g)[0]
+def _split(a: jax.Array, rows: int) -> jax.Array:
+  """[B, N, ...] -> [N / rows, B, rows, ...]: chunks of `rows` queries, the loop axis first."""
+  b, n = a.shape[:2]
+  return a.reshape((b, n // rows, rows) + a.shape[2:]).swapaxes(0, 1)
 
 
-def _chunks_written_fwd(chunks, phi, g):
-  o, m, r = loops.map(lambda t: _chunk_forward(t, phi, g), chunks)
-  return o, (chunks, phi, g, o, m, r)
+def _join(a: jax.Array) -> jax.Array:
+  """`_split`'s inverse."""
+  k, b, rows = a.shape[:3]
+  return a.swapaxes(0, 1).reshape((b, k * rows) + a.shape[3:])
 
 
-def _chunks_written_bwd(res, do):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _written(theta: jax.Array, phi: jax.Array, g: jax.Array, rows: int,
+             forward_rows: int) -> jax.Array:
+  """o [B, N, Cv], `forward_rows` queries at a time where nothing differentiates it; under
+  differentiation `_written_fwd` and `_written_bwd`, `rows` at a time."""
+  return _join(loops.map(lambda t: _chunk_forward(t, phi, g)[0], _split(theta, forward_rows)))
+
+
+def _written_fwd(theta, phi, g, rows, forward_rows):
+  o, m, r = (_join(a) for a in loops.map(lambda t: _chunk_forward(t, phi, g),
+                                         _split(theta, rows)))
+  return o, (theta, phi, g, o, m, r)
+
+
+def _written_bwd(rows, forward_rows, res, do):
   """Chunk by chunk, with p = exp(logits - m) r and dp = do g^T: dg = p^T do, and the
   logits' gradient ds = p (dp - delta), delta = rowsum(dp p) = rowsum(do o); r is folded
   into do ([B, rows, Cv]) rather than applied to the [B, rows, M] weights."""
-  chunks, phi, g, o, m, r = res
+  theta, phi, g, o, m, r = res
   f32 = jnp.float32
   delta = jnp.sum(do.astype(f32) * o.astype(f32), axis=-1, keepdims=True)
 
@@ -123,12 +150,12 @@ def _chunks_written_bwd(res, do):
     dphi_t = jnp.einsum("bnc,bnm->bcm", t.astype(f32), ds)
     return dt.astype(t.dtype), dphi_t, dg_t
 
-  dt, dphi_t, dg_t = loops.map(chunk, (chunks, do, m, r, delta))
-  return (dt, dphi_t.sum(0).swapaxes(1, 2).astype(phi.dtype),
+  dt, dphi_t, dg_t = loops.map(chunk, tuple(_split(a, rows) for a in (theta, do, m, r, delta)))
+  return (_join(dt), dphi_t.sum(0).swapaxes(1, 2).astype(phi.dtype),
           dg_t.sum(0).swapaxes(1, 2).astype(g.dtype))
 
 
-_chunks_written.defvjp(_chunks_written_fwd, _chunks_written_bwd)
+_written.defvjp(_written_fwd, _written_bwd)
 
 
 def chunk_backward() -> str:
@@ -136,26 +163,27 @@ def chunk_backward() -> str:
   return "written" if xla_flags.jaxlib_before(WRITTEN_BACKWARD_BEFORE_JAXLIB) else "autodiff"
 
 
-def attend_in_chunks(theta: jax.Array, phi: jax.Array, g: jax.Array,
-                     rows: int = QUERY_CHUNK, backward: str | None = None) -> jax.Array:
+def attend_in_chunks(theta: jax.Array, phi: jax.Array, g: jax.Array, rows: int | None = None,
+                     backward: str | None = None, forward_rows: int | None = None) -> jax.Array:
   """'einsum' for `rows` queries at a time (each softmax row is the same sum), each chunk's
   logits and softmax recomputed in the backward pass instead of kept: [B, rows, M] of them
   live instead of [B, N, M] about three times over (the logits, the exponentials, the
   softmax: 0.8 GB in a 128px batch-8 D step). A loop, because XLA on CPU merges a
   `jax.checkpoint`'s recomputation with the forward pass again outside one.
-  backward: one of BACKWARDS (module docstring); default `chunk_backward()`."""
+  backward: one of BACKWARDS (module docstring); default `chunk_backward()`. rows: default
+  `QUERY_CHUNK[backward]`; forward_rows ('written' only): the chunk where nothing
+  differentiates the pass (G's forward pass in the D update), default `FORWARD_CHUNK`."""
   backward = backward or chunk_backward()
   if backward not in BACKWARDS:
     raise ValueError(f"unknown backward {backward!r}; use one of {BACKWARDS}")
-  b, n, d = theta.shape
+  rows = rows or QUERY_CHUNK[backward]
+  n = theta.shape[1]
   if n <= rows or n % rows:
     return _attend_einsum(theta, phi, g)
-  chunks = theta.reshape(b, n // rows, rows, d).swapaxes(0, 1)   # [N / rows, B, rows, d]
   if backward == "written":
-    o = _chunks_written(chunks, phi, g)
-  else:
-    o = loops.map(jax.checkpoint(lambda t: _attend_einsum(t, phi, g)), chunks)
-  return o.swapaxes(0, 1).reshape(b, n, g.shape[-1])
+    forward_rows = forward_rows or FORWARD_CHUNK
+    return _written(theta, phi, g, rows, rows if n % forward_rows else forward_rows)
+  return _join(loops.map(jax.checkpoint(lambda t: _attend_einsum(t, phi, g)), _split(theta, rows)))
 
 
 def attend(theta: jax.Array, phi: jax.Array, g: jax.Array, impl: str) -> jax.Array:
