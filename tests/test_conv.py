@@ -433,13 +433,18 @@ def test_pooled_shortcut_keeps_the_conv_out_of_ynnpacks_fusions(monkeypatch):
   w = jnp.asarray(rng.standard_normal((3, 3, 32, 32)), jnp.float32) * 0.1
   wsc = jnp.asarray(rng.standard_normal((32, 32)), jnp.float32) * 0.1
 
+  dy = jnp.asarray(rng.standard_normal((4, 8, 8, 32)), jnp.float32)
+
   def program():
     def block(x):
-      h = resampling.resampled_conv(jax.nn.relu(x), w, lambda xs, ws: "xla_dw", "down")
-      y = h + resampling.avg_pool2(x) @ wsc
-      return jnp.sum(jax.nn.relu(y) * y)   # the next block needs the block's output
-    return jax.jit(jax.grad(block), compiler_options=xla_flags.compiler_options("float32")
-                   ).lower(x).compile().as_text()
+      return (resampling.resampled_conv(jax.nn.relu(x), w, lambda xs, ws: "xla_dw", "down")
+              + resampling.avg_pool2(x) @ wsc)
+
+    def output_and_input_grad(x):   # the block's output (for the next block) and dx, no sum
+      y, vjp = jax.vjp(block, x)
+      return y, vjp(dy)[0]
+    return jax.jit(output_and_input_grad, compiler_options=xla_flags.compiler_options(
+        "float32")).lower(x).compile().as_text()
 
   now = _ynn_fused_convolutions(program())
   monkeypatch.setattr(resampling, "avg_pool2", lambda x: nn.avg_pool(x, (2, 2), (2, 2)))
