@@ -39,7 +39,7 @@ def avg_pool2(x: jax.Array) -> jax.Array:
   against 220-250 GFLOP/s, [32-64, 17, 17, 512] x [2, 2, 512, 128], 2-core Intel Xeon,
   jaxlib 0.10.2). Slices and adds are no reduction, so the convolution stays XLA's; their
   gradient is elementwise as well."""
-  n, h, w, c = x.shape
+  h, w = x.shape[1:3]
   if h % 2 or w % 2:
     return nn.avg_pool(x, (2, 2), (2, 2))
   return (x[:, 0::2, 0::2] + x[:, 0::2, 1::2] + x[:, 1::2, 0::2] + x[:, 1::2, 1::2]) * 0.25
